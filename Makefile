@@ -1,0 +1,42 @@
+# securex — the two commands are `make run` and `make test`; everything else follows from them.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+export SECUREX_INSTANCE ?= $(CURDIR)/var
+
+.PHONY: install run test lint system-deps lock clean
+
+# Idempotent: rebuilt only when the lock or the project metadata change.
+$(VENV)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	@test -f "$(SECUREX_INSTANCE)/demo-credentials.json" || $(BIN)/securex init --demo
+	@echo "securex: http://127.0.0.1:$(PORT)/  — identifiants de démonstration : $(SECUREX_INSTANCE)/demo-credentials.json"
+	$(BIN)/securex serve --host 127.0.0.1 --port $(PORT)
+
+# Debian packages the tests start for real (see scripts/system-deps.sh).
+system-deps:
+	@sh scripts/system-deps.sh
+
+lint: install
+	$(BIN)/ruff check securex tests migrations bench
+	$(BIN)/ruff format --check securex tests migrations bench
+	$(BIN)/mypy
+
+test: install system-deps lint
+	SECUREX_TEST_DB=sqlite $(BIN)/pytest -q -p no:cacheprovider
+	SECUREX_TEST_DB=postgresql $(BIN)/pytest -q -p no:cacheprovider -m "not sqlite_only"
+
+# Re-pin every dependency after editing pyproject.toml.
+lock: install
+	$(BIN)/pip-compile -q --allow-unsafe --extra dev --generate-hashes --strip-extras -o requirements.lock pyproject.toml
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""Accounts: communes (tenants), users and roles, two factors, API clients, sessions."""

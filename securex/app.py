@@ -1,0 +1,96 @@
+"""`create_app`: the Flask application (HTML pages and /api/v1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from flask import Flask
+from sqlalchemy.exc import DBAPIError
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from securex import __version__
+from securex.accounts import service as accounts_service
+from securex.config import Settings, load_settings
+from securex.db import make_engine, make_sessionmaker, utcnow
+from securex.errors import ConfigError
+from securex.instance import derive_key, load_instance_secret
+from securex.web.context import AppState
+
+WEB = Path(__file__).resolve().parent / "web"
+
+
+def create_app(
+    test_config: Mapping[str, Any] | None = None,
+    *,
+    settings: Settings | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__, static_folder=str(WEB / "static"), template_folder=str(WEB / "templates"))
+    secret = load_instance_secret(settings.instance)
+    engine = make_engine(settings.database_url)
+    app.config.update(
+        SECRET_KEY=derive_key(secret, "flask-secret-key"),
+        MAX_CONTENT_LENGTH=settings["api.max_body_bytes"],
+        SECUREX_BASE_URL=settings["base_url"],
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the server-side session
+        WTF_CSRF_SSL_STRICT=False,  # Referer checks break behind some proxies; the token suffices
+        JSON_AS_ASCII=False,
+    )
+    if test_config:
+        app.config.update(test_config)
+    app.extensions["securex"] = AppState(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        keys=accounts_service.AccountKeys(secret),
+        policy=accounts_service.SecurityPolicy.from_settings(settings),
+        clock=clock,
+    )
+    try:
+        with app.extensions["securex"].sessions() as db:
+            app.config["SECUREX_DEMO"] = accounts_service.get_meta(db, "demo") == "true"
+    except DBAPIError:
+        raise ConfigError(
+            "La base de données n'est pas initialisée ou injoignable : lancez "
+            "« securex db upgrade » (ou « securex init » pour une nouvelle instance)."
+        ) from None
+
+    proxies = int(settings["server.trusted_proxies"])
+    if proxies:
+        proxied = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
+        app.wsgi_app = proxied  # type: ignore[method-assign]
+
+    from securex import web
+    from securex.accounts.api import bp as accounts_api
+    from securex.accounts.views import bp as accounts_views
+    from securex.web.api import meta
+
+    web.init_app(app, [accounts_views, accounts_api, meta])
+
+    zone = ZoneInfo(settings["timezone"])
+
+    @app.template_filter("date_fr")
+    def date_fr(value: datetime | None, with_time: bool = False) -> str:
+        """JJ/MM/AAAA (and HH:MM) in the configured zone, Europe/Paris by default."""
+        if value is None:
+            return ""
+        local = value.astimezone(zone)
+        return local.strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
+
+    @app.context_processor
+    def _shell() -> dict[str, Any]:
+        from flask_login import current_user
+
+        from securex.accounts.forms import ActionForm
+
+        extra: dict[str, Any] = {"version": __version__}
+        if current_user.is_authenticated:
+            extra["logout_form"] = ActionForm()
+        return extra
+
+    return app

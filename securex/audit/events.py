@@ -1,0 +1,29 @@
+"""The taxonomy of audit events, named "source:subject:action"."""
+
+from enum import StrEnum
+
+
+class EventType(StrEnum):
+    # Logins and sessions
+    LOGIN_SUCCEEDED = "accounts:login:succeeded"
+    LOGIN_FAILED = "accounts:login:failed"
+    LOGIN_RATE_LIMITED = "accounts:login:rate-limited"
+    ACCOUNT_LOCKED = "accounts:user:locked"
+    LOGOUT = "accounts:session:logout"
+    LOGOUT_EVERYWHERE = "accounts:session:logout-everywhere"
+    # Second factor
+    TOTP_ENROLLED = "accounts:totp:enrolled"
+    TOTP_RESET = "accounts:totp:reset"
+    TOTP_REPLAY_REFUSED = "accounts:totp:replay-refused"
+    RECOVERY_CODE_USED = "accounts:recovery-code:used"
+    # Tenants, users, roles
+    TENANT_CREATED = "accounts:tenant:created"
+    USER_CREATED = "accounts:user:created"
+    USER_DISABLED = "accounts:user:disabled"
+    USER_ROLE_CHANGED = "accounts:user:role-changed"
+    # API clients
+    CLIENT_CREATED = "accounts:api-client:created"
+    CLIENT_REVOKED = "accounts:api-client:revoked"
+    CLIENT_AUTH_FAILED = "accounts:api-client:auth-failed"
+    # Instance
+    INSTANCE_INITIALISED = "instance:instance:initialised"

@@ -1,0 +1,456 @@
+"""The `securex` command. Every user mistake ends with a French message on stderr and a
+non-zero exit code, never a traceback."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import cached_property
+from typing import Any
+
+import click
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from securex import __version__
+from securex.accounts import service as accounts
+from securex.accounts.models import ClientCategory, Role
+from securex.config import Settings, load_settings
+from securex.db import make_engine, make_sessionmaker, transaction, upgrade, utcnow
+from securex.errors import ConfigError, SecurexError
+from securex.instance import SECRET_NAME, create_instance_secret, keys_dir, load_instance_secret
+
+DEMO_FILE = "demo-credentials.json"
+
+
+class Context:
+    """What every command needs, built on first use."""
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings()
+
+    @cached_property
+    def factory(self) -> Any:
+        return make_sessionmaker(make_engine(self.settings.database_url))
+
+    @cached_property
+    def keys(self) -> accounts.AccountKeys:
+        return accounts.AccountKeys(load_instance_secret(self.settings.instance))
+
+    @cached_property
+    def policy(self) -> accounts.SecurityPolicy:
+        return accounts.SecurityPolicy.from_settings(self.settings)
+
+    @contextmanager
+    def tx(self) -> Iterator[Session]:
+        load_instance_secret(self.settings.instance)  # a clear message if not initialised
+        try:
+            with transaction(self.factory) as db:
+                yield db
+        except DBAPIError as exc:
+            raise ConfigError(
+                "Base de données injoignable ou non initialisée "
+                f"({exc.orig.__class__.__name__}) : vérifiez SECUREX_DATABASE_URL puis lancez "
+                "« securex db upgrade »."
+            ) from None
+
+    @property
+    def actor(self) -> accounts.Actor:
+        try:
+            who = getpass.getuser()
+        except (KeyError, OSError):
+            who = str(os.getuid())
+        return accounts.Actor("cli", who)
+
+
+class Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SecurexError as exc:
+            click.secho(f"Erreur : {exc.detail}", fg="red", err=True)
+            for item in exc.extra.get("errors", []):
+                click.echo(f"  - {item}", err=True)
+            sys.exit(exc.exit_code)
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="securex")
+def main() -> None:
+    """securex : actes d'état civil chiffrés, signatures et échanges confidentiels.
+
+    L'instance est le dossier SECUREX_INSTANCE (./var par défaut)."""
+
+
+# --- instance ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--demo", is_flag=True, help="Créer aussi les communes et comptes de démonstration.")
+@pass_ctx
+def init(ctx: Context, demo: bool) -> None:
+    """Créer une instance : dossier, secret, base de données."""
+    instance = ctx.settings.instance
+    if (keys_dir(instance) / SECRET_NAME).exists():
+        raise ConfigError(
+            f"L'instance {instance} est déjà initialisée. Pour mettre la base à jour : "
+            "« securex db upgrade »."
+        )
+    instance.mkdir(parents=True, exist_ok=True)
+    for sub in ("blobs", "logs"):
+        (instance / sub).mkdir(exist_ok=True)
+    create_instance_secret(instance)
+    upgrade(ctx.settings.database_url)
+    now = utcnow()
+    with ctx.tx() as db:
+        from securex.audit import EventType, record
+
+        accounts.set_meta(db, "demo", "true" if demo else "false")
+        record(
+            db,
+            EventType.INSTANCE_INITIALISED,
+            actor=str(ctx.actor),
+            subject="instance",
+            details={"demo": demo},
+            now=now,
+        )
+        if demo:
+            credentials = _create_demo(db, ctx, now)
+    click.echo(f"Instance initialisée : {instance}")
+    if demo:
+        path = instance / DEMO_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(credentials, fh, ensure_ascii=False, indent=2)
+        click.echo(f"Identifiants de démonstration : {path}")
+
+
+DEMO_TENANTS = [("40192", "Mont-de-Marsan", "mont-de-marsan"), ("40088", "Dax", "dax")]
+DEMO_PEOPLE = {
+    Role.OFFICER: ("officier", "Officier"),
+    Role.AGENT: ("agent", "Agent"),
+    Role.ADMIN: ("admin", "Administrateur"),
+}
+
+
+def _demo_password() -> str:
+    return "-".join(secrets.token_urlsafe(6) for _ in range(3))
+
+
+def _create_demo(db: Session, ctx: Context, now: Any) -> dict[str, Any]:
+    creds: dict[str, Any] = {"tenants": [], "users": [], "api_clients": [], "platform_admins": []}
+
+    def add_user(email: str, name: str, role: Role, insee: str | None) -> dict[str, Any]:
+        password = _demo_password()
+        user = accounts.create_user(
+            db,
+            ctx.actor,
+            email=email,
+            name=name,
+            role=role.value,
+            password=password,
+            tenant_insee=insee,
+            now=now,
+            policy=ctx.policy,
+        )
+        secret = accounts.new_totp_secret()
+        accounts.set_totp_secret(db, ctx.keys, user, secret)
+        return {
+            "email": email,
+            "password": password,
+            "totp_secret": secret,
+            "role": role.value,
+            "tenant": insee,
+        }
+
+    for insee, name, slug in DEMO_TENANTS:
+        accounts.create_tenant(db, ctx.actor, insee=insee, name=name, now=now)
+        creds["tenants"].append({"insee": insee, "name": name})
+        for role, (prefix, label) in DEMO_PEOPLE.items():
+            creds["users"].append(
+                add_user(f"{prefix}.{slug}@demo.securex.fr", f"{label} de {name}", role, insee)
+            )
+    creds["platform_admins"].append(
+        add_user(
+            "plateforme@demo.securex.fr", "Administrateur du syndicat", Role.PLATFORM_ADMIN, None
+        )
+    )
+    every = [insee for insee, _, _ in DEMO_TENANTS]
+    for name, category, scope in [
+        ("Office notarial de Maître Lafitte, Mont-de-Marsan", ClientCategory.NOTAIRE, every),
+        ("Préfecture des Landes — titres d'identité", ClientCategory.ADMINISTRATION, every),
+        ("Guichet en ligne de Mont-de-Marsan", ClientCategory.GUICHET, ["40192"]),
+    ]:
+        _, token = accounts.create_client(
+            db, ctx.actor, name=name, category=category.value, communes=scope, now=now
+        )
+        creds["api_clients"].append({"name": name, "category": category.value, "token": token})
+    return creds
+
+
+@main.command()
+@click.option("--host", default=None, help="Adresse d'écoute (défaut : configuration).")
+@click.option("--port", type=int, default=None, help="Port (défaut : configuration).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Processus gunicorn (défaut : configuration, au moins 2).",
+)
+@pass_ctx
+def serve(ctx: Context, host: str | None, port: int | None, workers: int | None) -> None:
+    """Servir l'application web et l'API avec gunicorn."""
+    from gunicorn.app.base import BaseApplication
+
+    load_instance_secret(ctx.settings.instance)
+    bind = f"{host or ctx.settings['server.host']}:{port or ctx.settings['server.port']}"
+    options = {
+        "bind": bind,
+        "workers": workers or max(2, int(ctx.settings["server.workers"])),
+        "timeout": 120,
+        "graceful_timeout": 20,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "securex",
+    }
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from securex.app import create_app
+
+            return create_app()
+
+    click.echo(f"securex écoute sur http://{bind}/")
+    Server().run()
+
+
+@main.group()
+def db() -> None:
+    """Base de données."""
+
+
+@db.command("upgrade")
+@pass_ctx
+def db_upgrade(ctx: Context) -> None:
+    """Appliquer les migrations en attente."""
+    try:
+        upgrade(ctx.settings.database_url)
+    except DBAPIError as exc:
+        raise ConfigError(f"Migration impossible : {exc.orig}") from None
+    click.echo("Base de données à jour.")
+
+
+# --- tenants and users -------------------------------------------------------------
+
+
+@main.group()
+def tenant() -> None:
+    """Communes hébergées."""
+
+
+@tenant.command("add")
+@click.argument("insee")
+@click.argument("name")
+@pass_ctx
+def tenant_add(ctx: Context, insee: str, name: str) -> None:
+    """Ajouter la commune INSEE NOM."""
+    with ctx.tx() as s:
+        t = accounts.create_tenant(s, ctx.actor, insee=insee, name=name, now=utcnow())
+    click.echo(f"Commune ajoutée : {t.insee} {t.name}")
+
+
+@tenant.command("list")
+@pass_ctx
+def tenant_list(ctx: Context) -> None:
+    """Lister les communes."""
+    with ctx.tx() as s:
+        for t in accounts.list_tenants(s):
+            click.echo(f"{t.insee}\t{t.name}")
+
+
+@main.group()
+def user() -> None:
+    """Comptes des agents, officiers et administrateurs."""
+
+
+@user.command("add")
+@click.option("--email", required=True)
+@click.option("--name", required=True, help="Prénom et nom.")
+@click.option("--role", required=True, type=click.Choice([r.value for r in Role]))
+@click.option("--tenant", "tenant_insee", help="Code INSEE de la commune (sauf platform_admin).")
+@click.option(
+    "--password",
+    prompt="Mot de passe",
+    hide_input=True,
+    confirmation_prompt=True,
+    envvar="SECUREX_NEW_PASSWORD",
+    help="Demandé s'il n'est pas donné.",
+)
+@pass_ctx
+def user_add(
+    ctx: Context, email: str, name: str, role: str, tenant_insee: str | None, password: str
+) -> None:
+    """Créer un compte."""
+    with ctx.tx() as s:
+        u = accounts.create_user(
+            s,
+            ctx.actor,
+            email=email,
+            name=name,
+            role=role,
+            password=password,
+            tenant_insee=tenant_insee,
+            now=utcnow(),
+            policy=ctx.policy,
+        )
+    extra = (
+        " Le second facteur sera demandé à la première connexion."
+        if Role(role).requires_totp
+        else ""
+    )
+    click.echo(f"Compte créé : {u.email} ({u.role}).{extra}")
+
+
+@user.command("list")
+@click.option("--tenant", "tenant_insee", help="Seulement cette commune.")
+@pass_ctx
+def user_list(ctx: Context, tenant_insee: str | None) -> None:
+    """Lister les comptes."""
+    with ctx.tx() as s:
+        for u in accounts.list_users(s, tenant_insee):
+            state = "actif" if u.active else "désactivé"
+            totp = "2FA" if u.totp_enrolled else "sans 2FA"
+            insee = u.tenant.insee if u.tenant else "-"
+            click.echo(f"{u.email}\t{u.role}\t{insee}\t{totp}\t{state}")
+
+
+@user.command("disable")
+@click.argument("email")
+@pass_ctx
+def user_disable(ctx: Context, email: str) -> None:
+    """Désactiver un compte et fermer ses sessions."""
+    with ctx.tx() as s:
+        accounts.disable_user(s, ctx.actor, email, now=utcnow())
+    click.echo(f"Compte désactivé : {email}")
+
+
+@user.command("reset-2fa")
+@click.argument("email")
+@pass_ctx
+def user_reset_2fa(ctx: Context, email: str) -> None:
+    """Effacer le second facteur : il sera de nouveau demandé à la connexion."""
+    with ctx.tx() as s:
+        accounts.reset_totp(s, ctx.actor, email, now=utcnow())
+    click.echo(f"Second facteur réinitialisé : {email}")
+
+
+@user.command("set-role")
+@click.argument("email")
+@click.argument("role", type=click.Choice([Role.ADMIN.value, Role.OFFICER.value, Role.AGENT.value]))
+@pass_ctx
+def user_set_role(ctx: Context, email: str, role: str) -> None:
+    """Changer le rôle d'un compte."""
+    with ctx.tx() as s:
+        accounts.change_role(s, ctx.actor, email, role, now=utcnow())
+    click.echo(f"Rôle de {email} : {role}")
+
+
+# --- API clients -------------------------------------------------------------------
+
+
+@main.group()
+def client() -> None:
+    """Clients API des organismes demandeurs."""
+
+
+@client.command("add")
+@click.option("--name", required=True)
+@click.option("--category", required=True, type=click.Choice([c.value for c in ClientCategory]))
+@click.option(
+    "--commune",
+    "communes",
+    multiple=True,
+    required=True,
+    help="Code INSEE d'une commune du périmètre (répétable).",
+)
+@pass_ctx
+def client_add(ctx: Context, name: str, category: str, communes: tuple[str, ...]) -> None:
+    """Créer un client API ; le jeton n'est affiché qu'une fois."""
+    with ctx.tx() as s:
+        c, token = accounts.create_client(
+            s, ctx.actor, name=name, category=category, communes=list(communes), now=utcnow()
+        )
+    click.echo(f"Client n° {c.id} créé : {c.name} ({c.category}).")
+    click.echo("Jeton (affiché une seule fois, à transmettre par un canal sûr) :")
+    click.echo(token)
+
+
+@client.command("list")
+@pass_ctx
+def client_list(ctx: Context) -> None:
+    """Lister les clients API."""
+    with ctx.tx() as s:
+        for c in accounts.list_clients(s):
+            state = "révoqué" if c.revoked_at else "actif"
+            scope = ",".join(t.insee for t in c.communes)
+            click.echo(f"{c.id}\t{c.category}\t{c.token_prefix}…\t{scope}\t{state}\t{c.name}")
+
+
+@client.command("revoke")
+@click.argument("client_id", type=int)
+@pass_ctx
+def client_revoke(ctx: Context, client_id: int) -> None:
+    """Révoquer le jeton d'un client API."""
+    with ctx.tx() as s:
+        c = accounts.revoke_client(s, ctx.actor, client_id, now=utcnow())
+    click.echo(f"Client n° {c.id} révoqué : {c.name}")
+
+
+# --- audit and demo helpers --------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """Journal d'audit."""
+
+
+@audit.command("verify")
+@pass_ctx
+def audit_verify(ctx: Context) -> None:
+    """Recalculer le chaînage du journal ; code de sortie 1 si une ligne a été altérée."""
+    from securex.audit import verify_chain
+
+    with ctx.tx() as s:
+        report = verify_chain(s)
+    if report.ok:
+        click.echo(f"Journal d'audit intègre : {report.size} événements.")
+        return
+    click.secho(f"Journal d'audit ALTÉRÉ ({len(report.problems)} anomalies) :", fg="red", err=True)
+    for line in report.problems[:100]:
+        click.echo(f"  - {line}", err=True)
+    sys.exit(1)
+
+
+@main.command()
+@click.argument("email")
+@pass_ctx
+def totp(ctx: Context, email: str) -> None:
+    """Afficher le code TOTP actuel d'un compte (instances de démonstration seulement)."""
+    with ctx.tx() as s:
+        if accounts.get_meta(s, "demo") != "true":
+            raise ConfigError("Cette commande n'existe que sur une instance de démonstration.")
+        code = accounts.current_totp(ctx.keys, accounts.get_user(s, email), utcnow())
+    click.echo(code)

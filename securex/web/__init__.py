@@ -1,0 +1,156 @@
+"""The web shell: security headers, error pages and problem+json, health checks,
+server-side sessions, CSRF, the login manager."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, Response, render_template, request
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy import text
+from werkzeug.exceptions import HTTPException
+
+from securex.errors import SecurexError
+from securex.web.api import ApiBlueprint, problem, problem_from_error
+from securex.web.context import close_db, db
+from securex.web.sessions import DbSessionInterface
+
+log = logging.getLogger("securex.web")
+csrf = CSRFProtect()
+login_manager = LoginManager()
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; object-src 'none'"
+)
+
+HTTP_TITLES = {
+    400: "Requête invalide",
+    401: "Authentification requise",
+    403: "Accès refusé",
+    404: "Introuvable",
+    405: "Méthode non autorisée",
+    413: "Requête trop volumineuse",
+    415: "Type de contenu non pris en charge",
+    429: "Trop de requêtes",
+    500: "Erreur interne",
+}
+
+HTTP_MESSAGES = {
+    400: "La requête est invalide.",
+    401: "Vous devez vous connecter pour accéder à cette page.",
+    403: "Vous n'avez pas accès à cette page.",
+    404: "Cette page n'existe pas.",
+    405: "Cette action n'est pas possible à cette adresse.",
+    413: "Le contenu envoyé est trop volumineux.",
+    415: "Ce type de contenu n'est pas accepté.",
+    429: "Trop de tentatives. Patientez quelques minutes.",
+    500: "Une erreur interne est survenue. Elle a été consignée ; réessayez plus tard.",
+}
+
+health = Blueprint("health", __name__)
+
+
+@health.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@health.get("/readyz")
+def readyz() -> tuple[dict[str, str], int]:
+    try:
+        db().execute(text("SELECT 1"))
+    except Exception:  # any driver error means "not ready", which is the answer
+        log.exception("readiness check failed")
+        return {"status": "unavailable", "database": "unreachable"}, 503
+    return {"status": "ok", "database": "ok"}, 200
+
+
+def _wants_problem() -> bool:
+    return request.path.startswith("/api/")
+
+
+def _page(status: int, title: str, message: str) -> tuple[str, int]:
+    return render_template("error.html", status=status, title=title, message=message), status
+
+
+def _security_headers(response: Response) -> Response:
+    headers = response.headers
+    headers.setdefault("Content-Security-Policy", CSP)
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "same-origin")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+    if request.is_secure:
+        headers.setdefault("Strict-Transport-Security", "max-age=63072000; includeSubDomains")
+    if not request.path.startswith("/static/"):
+        headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def _release_db(response: Response) -> Response:
+    close_db()
+    return response
+
+
+def _register_errors(app: Flask) -> None:
+    @app.errorhandler(SecurexError)
+    def securex_error(error: SecurexError) -> Any:
+        if _wants_problem():
+            return problem_from_error(error)
+        return _page(error.status, error.title, error.detail)
+
+    @app.errorhandler(CSRFError)
+    def csrf_error(error: CSRFError) -> Any:
+        message = (
+            "Le formulaire a expiré ou n'a pas été envoyé depuis securex. "
+            "Rechargez la page et recommencez."
+        )
+        if _wants_problem():
+            return problem(400, "csrf", "Jeton CSRF invalide", message)
+        return _page(400, "Formulaire expiré", message)
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        status = error.code or 500
+        message = HTTP_MESSAGES.get(status, error.description or "Erreur.")
+        title = HTTP_TITLES.get(status, error.name or "Erreur")
+        if _wants_problem():
+            slug = (error.name or "error").lower().replace(" ", "-")
+            return problem(status, slug, title, message)
+        return _page(status, title, message)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Any:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        if _wants_problem():
+            return problem(500, "internal", "Erreur interne", HTTP_MESSAGES[500])
+        return _page(500, "Erreur interne", HTTP_MESSAGES[500])
+
+
+def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
+    app.session_interface = DbSessionInterface()
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "accounts.login"
+    login_manager.login_message = "Connectez-vous pour accéder à cette page."
+    login_manager.session_protection = None  # ids are rotated at login instead
+    app.teardown_appcontext(close_db)
+    app.after_request(_security_headers)
+    # Release the request's transaction before the session is saved: on SQLite every
+    # transaction holds the write lock, and the session store needs it next.
+    app.after_request(_release_db)
+    _register_errors(app)
+    app.register_blueprint(health)
+    for bp in blueprints:
+        if isinstance(bp, ApiBlueprint):
+            csrf.exempt(bp)  # bearer tokens, no cookies: CSRF does not apply
+        app.register_blueprint(bp)
+
+    @app.context_processor
+    def _globals() -> dict[str, Any]:
+        return {"instance_demo": app.config.get("SECUREX_DEMO", False)}

@@ -1,0 +1,284 @@
+"""The /api/v1 plumbing: operations declared with pydantic models, bearer-token
+authentication, strict JSON parsing, RFC 9457 problem+json, and an OpenAPI document
+built from the declarations themselves."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import Any
+
+from flask import Blueprint, Response, current_app, g, request
+from pydantic import BaseModel, ValidationError
+
+from securex import __version__
+from securex.accounts.models import ApiClient
+from securex.accounts.service import authenticate_client
+from securex.errors import (
+    AuthenticationFailed,
+    SecurexError,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+from securex.web.context import db
+
+PROBLEM_TYPE = "urn:securex:problem:"
+
+
+def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Response:
+    body = {"type": PROBLEM_TYPE + slug, "title": title, "status": status, "detail": detail}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    if request:
+        body["instance"] = request.path
+    response = Response(
+        json.dumps(body, ensure_ascii=False), status=status, mimetype="application/problem+json"
+    )
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="securex"'
+    return response
+
+
+def problem_from_error(error: SecurexError) -> Response:
+    return problem(error.status, error.slug, error.title, error.detail, **error.extra)
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Operation:
+    method: str
+    path: str  # Flask rule, relative to /api/v1
+    operation_id: str
+    summary: str
+    tag: str
+    response: type[BaseModel] | None
+    status: int
+    body: type[BaseModel] | None
+    auth: bool
+    errors: tuple[int, ...]
+    description: str = ""
+    query: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ApiBlueprint(Blueprint):
+    """A blueprint whose routes are declared operations, served under /api/v1."""
+
+    def __init__(self, name: str, import_name: str, tag: str) -> None:
+        super().__init__(name, import_name, url_prefix="/api/v1")
+        self.tag = tag
+        self.operations: list[Operation] = []
+
+    def operation(
+        self,
+        path: str,
+        method: str = "GET",
+        *,
+        summary: str,
+        response: type[BaseModel] | None = None,
+        status: int = 200,
+        body: type[BaseModel] | None = None,
+        auth: bool = True,
+        errors: tuple[int, ...] = (),
+        query: list[dict[str, Any]] | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            op = Operation(
+                method,
+                path,
+                fn.__name__,
+                summary,
+                self.tag,
+                response,
+                status,
+                body,
+                auth,
+                errors,
+                (fn.__doc__ or "").strip(),
+                query or [],
+            )
+            self.operations.append(op)
+
+            @wraps(fn)
+            def view(**kwargs: Any) -> Response:
+                if op.auth:
+                    g.api_client = _authenticate()
+                if op.body is not None:
+                    kwargs["body"] = _parse_body(op.body)
+                result = fn(**kwargs)
+                headers: dict[str, str] = {}
+                status = op.status
+                if isinstance(result, tuple):
+                    result, status, headers = result
+                if result is None:
+                    return Response(status=status, headers=headers)
+                payload = result.model_dump_json(exclude_none=False)
+                return Response(
+                    payload, status=status, headers=headers, mimetype="application/json"
+                )
+
+            self.add_url_rule(path, fn.__name__, view, methods=[method])
+            return view
+
+        return decorate
+
+
+def current_client() -> ApiClient:
+    client: ApiClient = g.api_client
+    return client
+
+
+def _authenticate() -> ApiClient:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthenticationFailed("En-tête « Authorization: Bearer <jeton> » attendu.")
+    return authenticate_client(db(), token.strip())
+
+
+def _parse_body(model: type[BaseModel]) -> BaseModel:
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Le corps doit être du JSON (Content-Type: application/json).")
+    raw = request.get_data(cache=False)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SecurexError(f"JSON mal formé : {exc}.") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in err["loc"]),
+                "message": err["msg"],
+                "type": err["type"],
+            }
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ValidationFailed("Certains champs sont invalides.", errors=errors) from None
+
+
+# --- OpenAPI -----------------------------------------------------------------------
+
+_STATUS_TEXT = {
+    400: "Requête invalide",
+    401: "Non authentifié",
+    403: "Interdit",
+    404: "Introuvable",
+    409: "Conflit",
+    413: "Trop volumineux",
+    415: "Type de contenu non pris en charge",
+    422: "Données invalides",
+    429: "Trop de requêtes",
+}
+
+
+def _openapi_path(rule: str) -> tuple[str, list[dict[str, Any]]]:
+    params = []
+    parts = []
+    for part in rule.split("/"):
+        if part.startswith("<") and part.endswith(">"):
+            conv, _, name = part[1:-1].rpartition(":")
+            schema = {"type": "integer"} if conv == "int" else {"type": "string"}
+            params.append({"name": name, "in": "path", "required": True, "schema": schema})
+            parts.append("{" + name + "}")
+        else:
+            parts.append(part)
+    return "/api/v1" + "/".join(parts), params
+
+
+def openapi_document(blueprints: list[ApiBlueprint]) -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[model.__name__] = schema
+        return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+    problem_ref = ref(Problem)
+    problem_content = {"application/problem+json": {"schema": problem_ref}}
+    paths: dict[str, Any] = {}
+    for bp in blueprints:
+        for op in bp.operations:
+            path, params = _openapi_path(op.path)
+            responses: dict[str, Any] = {}
+            if op.response is not None:
+                responses[str(op.status)] = {
+                    "description": op.summary,
+                    "content": {"application/json": {"schema": ref(op.response)}},
+                }
+            else:
+                responses[str(op.status)] = {"description": op.summary}
+            codes = set(op.errors) | {400}
+            if op.auth:
+                codes.add(401)
+            if op.body is not None:
+                codes |= {413, 415, 422}
+            for code in sorted(codes):
+                responses[str(code)] = {
+                    "description": _STATUS_TEXT.get(code, "Erreur"),
+                    "content": problem_content,
+                }
+            entry: dict[str, Any] = {
+                "operationId": op.operation_id,
+                "summary": op.summary,
+                "tags": [op.tag],
+                "responses": responses,
+                "security": [{"bearer": []}] if op.auth else [],
+            }
+            if op.description:
+                entry["description"] = op.description
+            if params or op.query:
+                entry["parameters"] = params + op.query
+            if op.body is not None:
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": ref(op.body)}},
+                }
+            paths.setdefault(path, {})[op.method.lower()] = entry
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "securex API",
+            "version": __version__,
+            "description": "API des organismes demandeurs (notaires, administrations, "
+            "guichets, mairies). Erreurs au format RFC 9457.",
+        },
+        "servers": [{"url": current_app.config["SECUREX_BASE_URL"]}],
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+class OpenApiDocument(BaseModel):
+    """The OpenAPI 3.1 description of this API."""
+
+    model_config = {"extra": "allow"}
+
+
+meta = ApiBlueprint("api_meta", __name__, tag="meta")
+
+
+@meta.operation(
+    "/openapi.json",
+    summary="Description OpenAPI 3.1 de l'API",
+    auth=False,
+    response=OpenApiDocument,
+)
+def openapi() -> OpenApiDocument:
+    blueprints = [bp for bp in current_app.blueprints.values() if isinstance(bp, ApiBlueprint)]
+    return OpenApiDocument.model_validate(openapi_document(blueprints))

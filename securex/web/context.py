@@ -1,0 +1,47 @@
+"""Per-request access to the application's state: settings, database, keys, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from flask import current_app, g
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from securex.accounts.service import AccountKeys, SecurityPolicy
+from securex.config import Settings
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    keys: AccountKeys
+    policy: SecurityPolicy
+    clock: Callable[[], datetime]
+
+
+def state() -> AppState:
+    app_state: AppState = current_app.extensions["securex"]
+    return app_state
+
+
+def db() -> Session:
+    """The request's database session, closed (and rolled back if uncommitted) at teardown."""
+    if "db" not in g:
+        g.db = state().sessions()
+    session: Session = g.db
+    return session
+
+
+def now() -> datetime:
+    return state().clock()
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()

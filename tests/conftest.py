@@ -1,0 +1,228 @@
+"""Fixtures: a migrated database per test (SQLite or PostgreSQL, chosen by
+SECUREX_TEST_DB), an instance folder, a pinned clock, the app and its test client."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pyotp
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from securex.accounts import service as accounts
+from securex.accounts.models import User
+from securex.app import create_app
+from securex.config import Settings, load_settings
+from securex.db import make_engine, make_sessionmaker, transaction, upgrade
+from securex.instance import create_instance_secret, load_instance_secret
+
+ENGINE = os.environ.get("SECUREX_TEST_DB", "sqlite")
+if ENGINE not in {"sqlite", "postgresql"}:
+    raise pytest.UsageError(f"SECUREX_TEST_DB must be sqlite or postgresql, not {ENGINE!r}")
+
+START = datetime(2026, 11, 30, 8, 0, 0, tzinfo=UTC)  # a Monday morning in Paris (09:00)
+
+
+def pytest_report_header() -> str:
+    return f"securex test database: {ENGINE}"
+
+
+class Clock:
+    """A clock the tests move by hand."""
+
+    def __init__(self, start: datetime = START) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+# --- databases ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A migrated database made once; each test gets a copy."""
+    if ENGINE == "sqlite":
+        path = tmp_path_factory.mktemp("template") / "template.db"
+        upgrade(f"sqlite:///{path}")
+        yield path
+        return
+    given = os.environ.get("SECUREX_TEST_DATABASE_URL")
+    server = None
+    if given:
+        admin_url = given
+    else:
+        from tests.postgres import PostgresServer
+
+        server = PostgresServer().start()
+        admin_url = server.url()
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text("DROP DATABASE IF EXISTS securex_template"))
+        conn.execute(text("CREATE DATABASE securex_template"))
+    upgrade(re.sub(r"/[^/]*$", "/securex_template", admin_url))
+    try:
+        yield admin
+    finally:
+        admin.dispose()
+        if server:
+            server.stop()
+
+
+_counter = itertools.count()
+
+
+@pytest.fixture
+def database_url(_template: Any, tmp_path: Path) -> Iterator[str]:
+    if ENGINE == "sqlite":
+        path = tmp_path / "securex.db"
+        shutil.copy(_template, path)
+        yield f"sqlite:///{path}"
+        return
+    name = f"securex_test_{os.getpid()}_{next(_counter)}"
+    with _template.connect() as conn:
+        conn.execute(text(f"CREATE DATABASE {name} TEMPLATE securex_template"))
+    yield re.sub(r"/[^/]*$", f"/{name}", _template.url.render_as_string(hide_password=False))
+    with _template.connect() as conn:
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+# --- instance, app -----------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    create_instance_secret(instance)
+    return load_settings(environ={}, overrides={"instance": str(instance),
+                                                "database": {"url": database_url}})
+
+
+@pytest.fixture
+def factory(settings: Settings) -> Iterator[Any]:
+    engine = make_engine(settings.database_url)
+    yield make_sessionmaker(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def keys(settings: Settings) -> accounts.AccountKeys:
+    return accounts.AccountKeys(load_instance_secret(settings.instance))
+
+
+@pytest.fixture
+def policy(settings: Settings) -> accounts.SecurityPolicy:
+    return accounts.SecurityPolicy.from_settings(settings)
+
+
+@pytest.fixture
+def app(settings: Settings, clock: Clock) -> Iterator[Any]:
+    application = create_app({"TESTING": True}, settings=settings, clock=clock)
+    yield application
+    application.extensions["securex"].engine.dispose()
+
+
+@pytest.fixture
+def client(app: Any) -> Any:
+    return app.test_client()
+
+
+# --- factories ---------------------------------------------------------------------
+
+ADMIN = accounts.Actor("test")
+
+
+@dataclass
+class Account:
+    id: int
+    email: str
+    password: str
+    totp_secret: str | None
+    role: str
+    tenant: str | None
+
+    def code(self, at: datetime, steps: int = 0) -> str:
+        assert self.totp_secret
+        return pyotp.TOTP(self.totp_secret).at(at, counter_offset=steps)
+
+
+class Factory:
+    def __init__(self, factory: Any, keys: accounts.AccountKeys,
+                 policy: accounts.SecurityPolicy, clock: Clock) -> None:
+        self.factory, self.keys, self.policy, self.clock = factory, keys, policy, clock
+        self._n = itertools.count(1)
+
+    def tenant(self, insee: str = "40192", name: str = "Mont-de-Marsan") -> str:
+        with transaction(self.factory) as db:
+            accounts.create_tenant(db, ADMIN, insee=insee, name=name, now=self.clock())
+        return insee
+
+    def user(self, role: str = "officer", tenant: str | None = "40192",
+             totp: bool = True) -> Account:
+        n = next(self._n)
+        email = f"{role}{n}@commune.example.fr"
+        password = f"correct horse battery staple {n}"
+        with transaction(self.factory) as db:
+            user = accounts.create_user(db, ADMIN, email=email, name=f"{role.title()} {n}",
+                                        role=role, password=password, tenant_insee=tenant,
+                                        now=self.clock(), policy=self.policy)
+            secret = None
+            if totp:
+                secret = accounts.new_totp_secret()
+                accounts.set_totp_secret(db, self.keys, user, secret)
+            user_id = user.id
+        return Account(user_id, email, password, secret, role, tenant)
+
+    def client(self, category: str = "notaire", communes: tuple[str, ...] = ("40192",)
+               ) -> tuple[int, str]:
+        with transaction(self.factory) as db:
+            c, token = accounts.create_client(db, ADMIN, name=f"Client {category}",
+                                              category=category, communes=list(communes),
+                                              now=self.clock())
+            return c.id, token
+
+    def get_user(self, user_id: int) -> User:
+        with self.factory() as db:
+            user = db.get(User, user_id)
+            assert user is not None
+            db.expunge(user)
+            return user
+
+    def session(self) -> Session:
+        session: Session = self.factory()
+        return session
+
+
+@pytest.fixture
+def make(factory: Any, keys: accounts.AccountKeys, policy: accounts.SecurityPolicy,
+         clock: Clock) -> Factory:
+    return Factory(factory, keys, policy, clock)
+
+
+CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')
+
+
+def csrf_token(html: str) -> str:
+    match = CSRF_RE.search(html)
+    assert match, "no CSRF token in the page"
+    return match.group(1)
