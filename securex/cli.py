@@ -60,6 +60,10 @@ class Context:
                 "« securex db upgrade »."
             ) from None
 
+    def close(self) -> None:
+        if "factory" in self.__dict__:
+            self.factory.kw["bind"].dispose()
+
     @property
     def actor(self) -> accounts.Actor:
         try:
@@ -71,6 +75,8 @@ class Context:
 
 class Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        if ctx.obj is None:
+            ctx.obj = Context()  # shared by every subcommand, closed below
         try:
             return super().invoke(ctx)
         except SecurexError as exc:
@@ -78,6 +84,9 @@ class Group(click.Group):
             for item in exc.extra.get("errors", []):
                 click.echo(f"  - {item}", err=True)
             sys.exit(exc.exit_code)
+        finally:
+            if isinstance(ctx.obj, Context):
+                ctx.obj.close()
 
 
 pass_ctx = click.make_pass_decorator(Context, ensure=True)

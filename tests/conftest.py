@@ -114,8 +114,9 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     instance = tmp_path / "instance"
     instance.mkdir()
     create_instance_secret(instance)
-    return load_settings(environ={}, overrides={"instance": str(instance),
-                                                "database": {"url": database_url}})
+    return load_settings(
+        environ={}, overrides={"instance": str(instance), "database": {"url": database_url}}
+    )
 
 
 @pytest.fixture
@@ -167,8 +168,13 @@ class Account:
 
 
 class Factory:
-    def __init__(self, factory: Any, keys: accounts.AccountKeys,
-                 policy: accounts.SecurityPolicy, clock: Clock) -> None:
+    def __init__(
+        self,
+        factory: Any,
+        keys: accounts.AccountKeys,
+        policy: accounts.SecurityPolicy,
+        clock: Clock,
+    ) -> None:
         self.factory, self.keys, self.policy, self.clock = factory, keys, policy, clock
         self._n = itertools.count(1)
 
@@ -177,15 +183,24 @@ class Factory:
             accounts.create_tenant(db, ADMIN, insee=insee, name=name, now=self.clock())
         return insee
 
-    def user(self, role: str = "officer", tenant: str | None = "40192",
-             totp: bool = True) -> Account:
+    def user(
+        self, role: str = "officer", tenant: str | None = "40192", totp: bool = True
+    ) -> Account:
         n = next(self._n)
         email = f"{role}{n}@commune.example.fr"
         password = f"correct horse battery staple {n}"
         with transaction(self.factory) as db:
-            user = accounts.create_user(db, ADMIN, email=email, name=f"{role.title()} {n}",
-                                        role=role, password=password, tenant_insee=tenant,
-                                        now=self.clock(), policy=self.policy)
+            user = accounts.create_user(
+                db,
+                ADMIN,
+                email=email,
+                name=f"{role.title()} {n}",
+                role=role,
+                password=password,
+                tenant_insee=tenant,
+                now=self.clock(),
+                policy=self.policy,
+            )
             secret = None
             if totp:
                 secret = accounts.new_totp_secret()
@@ -193,12 +208,18 @@ class Factory:
             user_id = user.id
         return Account(user_id, email, password, secret, role, tenant)
 
-    def client(self, category: str = "notaire", communes: tuple[str, ...] = ("40192",)
-               ) -> tuple[int, str]:
+    def client(
+        self, category: str = "notaire", communes: tuple[str, ...] = ("40192",)
+    ) -> tuple[int, str]:
         with transaction(self.factory) as db:
-            c, token = accounts.create_client(db, ADMIN, name=f"Client {category}",
-                                              category=category, communes=list(communes),
-                                              now=self.clock())
+            c, token = accounts.create_client(
+                db,
+                ADMIN,
+                name=f"Client {category}",
+                category=category,
+                communes=list(communes),
+                now=self.clock(),
+            )
             return c.id, token
 
     def get_user(self, user_id: int) -> User:
@@ -214,8 +235,9 @@ class Factory:
 
 
 @pytest.fixture
-def make(factory: Any, keys: accounts.AccountKeys, policy: accounts.SecurityPolicy,
-         clock: Clock) -> Factory:
+def make(
+    factory: Any, keys: accounts.AccountKeys, policy: accounts.SecurityPolicy, clock: Clock
+) -> Factory:
     return Factory(factory, keys, policy, clock)
 
 

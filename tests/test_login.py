@@ -15,16 +15,21 @@ from tests.conftest import Account, csrf_token
 
 def post_password(client, account: Account, password: str | None = None):
     page = client.get("/login")
-    return client.post("/login", data={
-        "csrf_token": csrf_token(page.get_data(as_text=True)),
-        "email": account.email, "password": password or account.password,
-    })
+    return client.post(
+        "/login",
+        data={
+            "csrf_token": csrf_token(page.get_data(as_text=True)),
+            "email": account.email,
+            "password": password or account.password,
+        },
+    )
 
 
 def post_code(client, code: str):
     page = client.get("/login/totp")
-    return client.post("/login/totp", data={
-        "csrf_token": csrf_token(page.get_data(as_text=True)), "code": code})
+    return client.post(
+        "/login/totp", data={"csrf_token": csrf_token(page.get_data(as_text=True)), "code": code}
+    )
 
 
 def login(client, account: Account, clock) -> None:
@@ -148,14 +153,17 @@ def test_recovery_code_works_once(client, make, clock, keys, app):
     post_password(client, officer)
     page = client.get("/login/enrol").get_data(as_text=True)
     secret = page.split('class="secret">')[1].split("<")[0]
-    response = client.post("/login/enrol", data={
-        "csrf_token": csrf_token(page), "code": pyotp.TOTP(secret).at(clock())})
+    response = client.post(
+        "/login/enrol",
+        data={"csrf_token": csrf_token(page), "code": pyotp.TOTP(secret).at(clock())},
+    )
     html = response.get_data(as_text=True)
     assert response.status_code == 200 and "codes de secours" in html
     codes = [c.split("</code>")[0] for c in html.split("<li><code>")[1:]]
     assert len(codes) == 10 and len(set(codes)) == 10
-    client.post("/logout", data={"csrf_token": csrf_token(client.get("/compte").get_data(
-        as_text=True))})
+    client.post(
+        "/logout", data={"csrf_token": csrf_token(client.get("/compte").get_data(as_text=True))}
+    )
     post_password(client, officer)
     assert post_code(client, codes[0]).status_code == 302
     other = app.test_client()
@@ -200,8 +208,9 @@ def test_csrf_token_from_another_session_is_refused(client, make, app):
     officer = make.user("officer")
     token = csrf_token(app.test_client().get("/login").get_data(as_text=True))
     client.get("/login")
-    response = client.post("/login", data={"csrf_token": token, "email": officer.email,
-                                           "password": officer.password})
+    response = client.post(
+        "/login", data={"csrf_token": token, "email": officer.email, "password": officer.password}
+    )
     assert response.status_code == 400
 
 

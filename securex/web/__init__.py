@@ -132,6 +132,12 @@ def _register_errors(app: Flask) -> None:
         return _page(500, "Erreur interne", HTTP_MESSAGES[500])
 
 
+def register(app: Flask, bp: Blueprint) -> None:
+    if isinstance(bp, ApiBlueprint):
+        csrf.exempt(bp)  # bearer tokens, no cookies: CSRF does not apply
+    app.register_blueprint(bp)
+
+
 def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
     app.session_interface = DbSessionInterface()
     csrf.init_app(app)
@@ -147,9 +153,7 @@ def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
     _register_errors(app)
     app.register_blueprint(health)
     for bp in blueprints:
-        if isinstance(bp, ApiBlueprint):
-            csrf.exempt(bp)  # bearer tokens, no cookies: CSRF does not apply
-        app.register_blueprint(bp)
+        register(app, bp)
 
     @app.context_processor
     def _globals() -> dict[str, Any]:
