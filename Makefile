@@ -17,17 +17,22 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 install: $(VENV)/.installed
 
 run: install
-	@test -f "$(SECUREX_INSTANCE)/demo-credentials.json" || $(BIN)/securex init --demo
-	@echo "securex: http://127.0.0.1:$(PORT)/  — identifiants de démonstration : $(SECUREX_INSTANCE)/demo-credentials.json"
+	@test -f "$(SECUREX_INSTANCE)/keys/instance.key" || $(BIN)/securex init --demo
+	@$(BIN)/securex db upgrade
+	@echo "securex : http://127.0.0.1:$(PORT)/"
+	@test ! -f "$(SECUREX_INSTANCE)/demo-credentials.json" || \
+		echo "Identifiants de démonstration : $(SECUREX_INSTANCE)/demo-credentials.json (code TOTP : .venv/bin/securex totp EMAIL)"
 	$(BIN)/securex serve --host 127.0.0.1 --port $(PORT)
 
 # Debian packages the tests start for real (see scripts/system-deps.sh).
 system-deps:
 	@sh scripts/system-deps.sh
 
+LINT_PATHS := securex tests migrations $(wildcard bench)
+
 lint: install
-	$(BIN)/ruff check securex tests migrations bench
-	$(BIN)/ruff format --check securex tests migrations bench
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
 test: install system-deps lint

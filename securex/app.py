@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from logging.handlers import WatchedFileHandler
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -93,4 +95,23 @@ def create_app(
             extra["logout_form"] = ActionForm()
         return extra
 
+    if not app.testing:
+        _log_to_instance(settings.instance)
     return app
+
+
+def _log_to_instance(instance: Path) -> None:
+    """securex's own log lines also go to <instance>/logs/securex.log (logrotate-safe).
+    They carry ids, paths and error types, never personal data or document text."""
+    logger = logging.getLogger("securex")
+    if any(getattr(h, "securex_instance", False) for h in logger.handlers):
+        return
+    folder = instance / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    handler = WatchedFileHandler(folder / "securex.log", encoding="utf-8")
+    handler.securex_instance = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

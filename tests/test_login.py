@@ -331,3 +331,17 @@ def test_unknown_page_is_a_french_404(client):
     response = client.get("/nulle-part")
     assert response.status_code == 404
     assert "Cette page n&#39;existe pas" in response.get_data(as_text=True)
+
+
+def test_login_purges_expired_sessions_and_rate_windows(client, make, clock, app):
+    from securex.accounts.models import RateLimit
+
+    make.tenant()
+    agent = make.user("agent", totp=False)
+    stale = app.test_client()
+    post_password(stale, agent, "a wrong password here")  # a session row and a window
+    clock.advance(minutes=31)
+    assert post_password(client, agent).status_code == 302
+    with make.session() as db:
+        assert db.scalar(select(func.count()).select_from(WebSession)) == 1
+        assert db.scalar(select(func.count()).select_from(RateLimit)) == 1  # this login's

@@ -22,7 +22,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import delete, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from securex.accounts.models import (
@@ -76,6 +76,8 @@ class SecurityPolicy:
     lockout_minutes: int = 15
     attempts_per_address: int = 30
     window_seconds: int = 900
+    session_idle_minutes: int = 30
+    session_absolute_hours: int = 12
 
     @classmethod
     def from_settings(cls, settings: Any) -> SecurityPolicy:
@@ -85,6 +87,8 @@ class SecurityPolicy:
             lockout_minutes=settings["security.lockout_minutes"],
             attempts_per_address=settings["security.login_attempts_per_address"],
             window_seconds=settings["security.login_window_seconds"],
+            session_idle_minutes=settings["security.session_idle_minutes"],
+            session_absolute_hours=settings["security.session_absolute_hours"],
         )
 
 
@@ -573,9 +577,12 @@ def check_second_factor(
     return _register_failure(db, user, policy, now, "totp")
 
 
-def complete_login(db: Session, user: User, *, now: datetime, method: str) -> None:
+def complete_login(
+    db: Session, user: User, *, now: datetime, method: str, policy: SecurityPolicy
+) -> None:
     user.failed_logins = 0
     user.locked_until = None
+    purge_expired(db, now=now, policy=policy)
     record(
         db,
         EventType.LOGIN_SUCCEEDED,
@@ -595,6 +602,23 @@ def remaining_recovery_codes(db: Session, user: User) -> int:
                     RecoveryCode.user_id == user.id, RecoveryCode.used_at.is_(None)
                 )
             )
+        )
+    )
+
+
+def purge_expired(db: Session, *, now: datetime, policy: SecurityPolicy) -> None:
+    """Drop sessions past their timeouts and finished rate-limit windows (done at each
+    login, so the tables stay small without a scheduler)."""
+    idle = now - timedelta(minutes=policy.session_idle_minutes)
+    absolute = now - timedelta(hours=policy.session_absolute_hours)
+    db.execute(
+        delete(WebSession).where(
+            or_(WebSession.last_seen_at < idle, WebSession.created_at < absolute)
+        )
+    )
+    db.execute(
+        delete(RateLimit).where(
+            RateLimit.window_start < now - timedelta(seconds=policy.window_seconds)
         )
     )
 

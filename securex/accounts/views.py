@@ -114,7 +114,7 @@ def _clear_pending() -> None:
 
 
 def _finish_login(user: User, method: str) -> Response:
-    service.complete_login(db(), user, now=now(), method=method)
+    service.complete_login(db(), user, now=now(), method=method, policy=state().policy)
     db().commit()
     _clear_pending()
     session.regenerate()  # type: ignore[attr-defined]
@@ -246,7 +246,9 @@ def enrol() -> Any:
             db().commit()
             session.pop("enrol_sealed", None)
             if not current_user.is_authenticated:
-                service.complete_login(db(), user, now=now(), method="totp-enrolment")
+                service.complete_login(
+                    db(), user, now=now(), method="totp-enrolment", policy=state().policy
+                )
                 db().commit()
                 _clear_pending()
                 session.regenerate()  # type: ignore[attr-defined]
