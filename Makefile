@@ -37,7 +37,7 @@ lint: install
 
 test: install system-deps lint
 	SECUREX_TEST_DB=sqlite $(BIN)/pytest -q -p no:cacheprovider
-	SECUREX_TEST_DB=postgresql $(BIN)/pytest -q -p no:cacheprovider -m "not sqlite_only"
+	SECUREX_TEST_DB=postgresql $(BIN)/pytest -q -p no:cacheprovider
 
 # Re-pin every dependency after editing pyproject.toml.
 lock: install
