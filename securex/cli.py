@@ -114,26 +114,32 @@ def init(ctx: Context, demo: bool) -> None:
             f"L'instance {instance} est déjà initialisée. Pour mettre la base à jour : "
             "« securex db upgrade »."
         )
-    instance.mkdir(parents=True, exist_ok=True)
+    # The instance holds the database, keys and logs: readable by the service only.
+    instance.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(instance, 0o700)
     for sub in ("blobs", "logs"):
-        (instance / sub).mkdir(exist_ok=True)
-    create_instance_secret(instance)
-    upgrade(ctx.settings.database_url)
+        (instance / sub).mkdir(exist_ok=True, mode=0o700)
+    _migrate(ctx.settings.database_url)  # before the secret: a failure here can be re-run
+    secret = create_instance_secret(instance)
     now = utcnow()
-    with ctx.tx() as db:
-        from securex.audit import EventType, record
+    try:
+        with ctx.tx() as db:
+            from securex.audit import EventType, record
 
-        accounts.set_meta(db, "demo", "true" if demo else "false")
-        record(
-            db,
-            EventType.INSTANCE_INITIALISED,
-            actor=str(ctx.actor),
-            subject="instance",
-            details={"demo": demo},
-            now=now,
-        )
-        if demo:
-            credentials = _create_demo(db, ctx, now)
+            accounts.set_meta(db, "demo", "true" if demo else "false")
+            record(
+                db,
+                EventType.INSTANCE_INITIALISED,
+                actor=str(ctx.actor),
+                subject="instance",
+                details={"demo": demo},
+                now=now,
+            )
+            if demo:
+                credentials = _create_demo(db, ctx, now)
+    except BaseException:
+        secret.unlink()  # nothing was committed: leave the instance re-initialisable
+        raise
     click.echo(f"Instance initialisée : {instance}")
     if demo:
         path = instance / DEMO_FILE
@@ -255,11 +261,18 @@ def db() -> None:
 @pass_ctx
 def db_upgrade(ctx: Context) -> None:
     """Appliquer les migrations en attente."""
-    try:
-        upgrade(ctx.settings.database_url)
-    except DBAPIError as exc:
-        raise ConfigError(f"Migration impossible : {exc.orig}") from None
+    _migrate(ctx.settings.database_url)
     click.echo("Base de données à jour.")
+
+
+def _migrate(url: str) -> None:
+    try:
+        upgrade(url)
+    except DBAPIError as exc:
+        raise ConfigError(
+            f"Migration impossible, base injoignable ou refusée : {exc.orig}. Vérifiez "
+            "SECUREX_DATABASE_URL."
+        ) from None
 
 
 # --- tenants and users -------------------------------------------------------------
@@ -354,6 +367,16 @@ def user_disable(ctx: Context, email: str) -> None:
     with ctx.tx() as s:
         accounts.disable_user(s, ctx.actor, email, now=utcnow())
     click.echo(f"Compte désactivé : {email}")
+
+
+@user.command("enable")
+@click.argument("email")
+@pass_ctx
+def user_enable(ctx: Context, email: str) -> None:
+    """Réactiver un compte désactivé."""
+    with ctx.tx() as s:
+        accounts.enable_user(s, ctx.actor, email, now=utcnow())
+    click.echo(f"Compte réactivé : {email}")
 
 
 @user.command("reset-2fa")

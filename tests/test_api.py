@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from pydantic import BaseModel, ConfigDict
 
 from securex.accounts import service
 from securex.db import transaction
 from securex.web import register
-from securex.web.api import ApiBlueprint
+from securex.web.api import ApiBlueprint, ApiModel
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -83,8 +82,7 @@ def test_unknown_api_route_and_method_are_problems(client):
     assert_problem(client.post("/api/v1/me"), 405)
 
 
-class Echo(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Echo(ApiModel):
     name: str
     count: int
 
@@ -124,11 +122,14 @@ def test_bad_bodies_are_4xx_problems(echo_app, make):
     assert body["errors"][0]["field"] == "extra"
     body = assert_problem(post(json={"name": "a", "count": "many"}), 422)
     assert body["errors"][0]["field"] == "count"
+    body = assert_problem(post(json={"name": "a", "count": "1"}), 422)  # no coercion
+    assert body["errors"][0]["field"] == "count"
     assert_problem(post(json=[1, 2]), 422)
-    assert_problem(
+    body = assert_problem(
         post(data=json.dumps({"name": "x" * 5000, "count": 1}), content_type="application/json"),
         413,
     )
+    assert body["type"] == "urn:securex:problem:payload-too-large"
 
 
 def test_bad_body_needs_authentication_first(echo_app):

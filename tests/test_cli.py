@@ -270,3 +270,46 @@ def test_audit_verify_fails_on_an_edited_row(run):
     result = run("audit", "verify", ok=False)
     assert result.exit_code == 1
     assert "ALTÉRÉ" in result.output and "événement 4" in result.output
+
+
+def test_instance_folder_is_private(run):
+    run("init")
+    assert stat.S_IMODE(run.instance.stat().st_mode) == 0o700
+    assert stat.S_IMODE((run.instance / "keys").stat().st_mode) == 0o700
+
+
+def test_failed_init_can_be_run_again(tmp_path, database_url):
+    instance = tmp_path / "again"
+    broken = {
+        "SECUREX_INSTANCE": str(instance),
+        "SECUREX_CONFIG": "",
+        "SECUREX_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none",
+    }
+    result = CliRunner().invoke(main, ["init"], env=broken)
+    assert result.exit_code == 78 and "SECUREX_DATABASE_URL" in result.output
+    assert "Traceback" not in result.output
+    assert not (instance / "keys" / "instance.key").exists()
+    fixed = {**broken, "SECUREX_DATABASE_URL": database_url}
+    assert CliRunner().invoke(main, ["init"], env=fixed).exit_code == 0
+
+
+def test_disabled_user_can_be_enabled_again(run):
+    run("init")
+    run("tenant", "add", "40088", "Dax")
+    run(
+        "user",
+        "add",
+        "--email",
+        "a@dax.fr",
+        "--name",
+        "A",
+        "--role",
+        "agent",
+        "--tenant",
+        "40088",
+        "--password",
+        "une phrase de passe solide",
+    )
+    run("user", "disable", "a@dax.fr")
+    run("user", "enable", "a@dax.fr")
+    assert "a@dax.fr\tagent\t40088\tsans 2FA\tactif" in run("user", "list").output

@@ -283,6 +283,23 @@ def disable_user(db: Session, actor: Actor, email: str, *, now: datetime) -> Use
     return user
 
 
+def enable_user(db: Session, actor: Actor, email: str, *, now: datetime) -> User:
+    user = get_user(db, email)
+    if user.disabled_at is not None:
+        user.disabled_at = None
+        user.failed_logins = 0
+        user.locked_until = None
+        record(
+            db,
+            EventType.USER_ENABLED,
+            actor=str(actor),
+            subject=f"user:{user.id}",
+            tenant=_tenant_of(user),
+            now=now,
+        )
+    return user
+
+
 def change_role(db: Session, actor: Actor, email: str, role: str, *, now: datetime) -> User:
     user = get_user(db, email)
     new = _role(role)
@@ -479,9 +496,16 @@ def _address_allowed(
     )
     if not wait:
         return None
-    record(
-        db, EventType.LOGIN_RATE_LIMITED, actor="anonymous", subject=f"address:{key[6:22]}", now=now
-    )
+    row = db.get(RateLimit, key)
+    if row is not None and row.count == policy.attempts_per_address + 1:
+        # Once per window: a flood of refused attempts must not flood the log too.
+        record(
+            db,
+            EventType.LOGIN_RATE_LIMITED,
+            actor="anonymous",
+            subject=f"address:{key[6:22]}",
+            now=now,
+        )
     return LoginOutcome(LoginStatus.RATE_LIMITED, None, wait)
 
 

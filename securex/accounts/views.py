@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from functools import wraps
 from typing import Any
 
 import qrcode
 import qrcode.image.svg
-from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from werkzeug.wrappers import Response
 
@@ -71,20 +69,6 @@ def load_user(user_id: str) -> User | None:
     except ValueError:
         return None
     return user if user is not None and user.active else None
-
-
-def roles_required(*roles: Role) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorate(view: Callable[..., Any]) -> Callable[..., Any]:
-        @wraps(view)
-        @login_required
-        def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if current_user.role_enum not in roles:
-                abort(403)
-            return view(*args, **kwargs)
-
-        return wrapped
-
-    return decorate
 
 
 def _address() -> str:
@@ -225,6 +209,13 @@ def enrol() -> Any:
     if user is None:
         flash("Votre session de connexion a expiré. Recommencez.", "warning")
         return redirect(url_for("accounts.login"))
+    if user.totp_enrolled:
+        # Replacing a second factor needs an administrator (`securex user reset-2fa`):
+        # otherwise the password alone would be enough to enrol a new one and log in.
+        if current_user.is_authenticated:
+            flash("Votre second facteur est déjà activé.", "info")
+            return redirect(url_for("accounts.account"))
+        return redirect(url_for("accounts.login_totp"))
     keys = state().keys
     sealed = session.get("enrol_sealed")
     if sealed is None:

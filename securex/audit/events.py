@@ -20,10 +20,10 @@ class EventType(StrEnum):
     TENANT_CREATED = "accounts:tenant:created"
     USER_CREATED = "accounts:user:created"
     USER_DISABLED = "accounts:user:disabled"
+    USER_ENABLED = "accounts:user:enabled"
     USER_ROLE_CHANGED = "accounts:user:role-changed"
     # API clients
     CLIENT_CREATED = "accounts:api-client:created"
     CLIENT_REVOKED = "accounts:api-client:revoked"
-    CLIENT_AUTH_FAILED = "accounts:api-client:auth-failed"
     # Instance
     INSTANCE_INITIALISED = "instance:instance:initialised"

@@ -12,7 +12,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
-from securex.errors import SecurexError
+from securex.errors import PayloadTooLarge, SecurexError, UnsupportedMediaType
 from securex.web.api import ApiBlueprint, problem, problem_from_error
 from securex.web.context import close_db, db
 from securex.web.sessions import DbSessionInterface
@@ -38,6 +38,9 @@ HTTP_TITLES = {
     429: "Trop de requêtes",
     500: "Erreur interne",
 }
+
+# Same problem types whether Werkzeug or securex raised the error.
+PROBLEM_SLUGS = {e.status: e.slug for e in (PayloadTooLarge, UnsupportedMediaType)}
 
 HTTP_MESSAGES = {
     400: "La requête est invalide.",
@@ -120,7 +123,7 @@ def _register_errors(app: Flask) -> None:
         message = HTTP_MESSAGES.get(status, error.description or "Erreur.")
         title = HTTP_TITLES.get(status, error.name or "Erreur")
         if _wants_problem():
-            slug = (error.name or "error").lower().replace(" ", "-")
+            slug = PROBLEM_SLUGS.get(status) or (error.name or "error").lower().replace(" ", "-")
             return problem(status, slug, title, message)
         return _page(status, title, message)
 

@@ -11,7 +11,7 @@ from functools import wraps
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from securex import __version__
 from securex.accounts.models import ApiClient
@@ -42,6 +42,12 @@ def problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> Re
 
 def problem_from_error(error: SecurexError) -> Response:
     return problem(error.status, error.slug, error.title, error.detail, **error.extra)
+
+
+class ApiModel(BaseModel):
+    """Base of every request body: unknown fields are refused, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Problem(BaseModel):
@@ -151,11 +157,12 @@ def _parse_body(model: type[BaseModel]) -> BaseModel:
         raise UnsupportedMediaType("Le corps doit être du JSON (Content-Type: application/json).")
     raw = request.get_data(cache=False)
     try:
-        data = json.loads(raw)
+        json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SecurexError(f"JSON mal formé : {exc}.") from None
     try:
-        return model.model_validate(data)
+        # JSON mode: strict models accept "2026-11-30" for a date, never "1" for a number.
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         errors = [
             {
