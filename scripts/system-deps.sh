@@ -4,6 +4,7 @@
 set -eu
 NEEDED="
 /usr/lib/postgresql:postgresql
+/usr/lib/softhsm/libsofthsm2.so:softhsm2
 "
 missing=""
 for entry in $NEEDED; do

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from logging.handlers import WatchedFileHandler
@@ -20,6 +21,7 @@ from securex.config import Settings, load_settings
 from securex.db import make_engine, make_sessionmaker, utcnow
 from securex.errors import ConfigError
 from securex.instance import derive_key, load_instance_secret
+from securex.vault import master_key_source, open_vault
 from securex.web.context import AppState
 
 WEB = Path(__file__).resolve().parent / "web"
@@ -52,6 +54,7 @@ def create_app(
         keys=accounts_service.AccountKeys(secret),
         policy=accounts_service.SecurityPolicy.from_settings(settings),
         clock=clock,
+        vault=open_vault(master_key_source(settings, os.environ), settings.instance),
     )
     try:
         with app.extensions["securex"].sessions() as db:
@@ -114,4 +117,8 @@ def _log_to_instance(instance: Path) -> None:
         logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
     )
     logger.addHandler(handler)
+    # gunicorn collects stderr into its own log: keep the lines there too.
+    stream = logging.StreamHandler()
+    stream.setFormatter(handler.formatter)
+    logger.addHandler(stream)
     logger.setLevel(logging.INFO)

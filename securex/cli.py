@@ -11,21 +11,35 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from securex import __version__
 from securex.accounts import service as accounts
 from securex.accounts.models import ClientCategory, Role
+from securex.audit import EventType, record
 from securex.config import Settings, load_settings
 from securex.db import make_engine, make_sessionmaker, transaction, upgrade, utcnow
 from securex.errors import ConfigError, SecurexError
 from securex.instance import SECRET_NAME, create_instance_secret, keys_dir, load_instance_secret
+from securex.vault import MasterKeySource, Vault, master_key_source, open_vault
+from securex.vault.models import VaultObject
 
 DEMO_FILE = "demo-credentials.json"
+
+
+def _prompt_passphrase() -> str:
+    if not sys.stdin.isatty():
+        raise ConfigError(
+            "Phrase de passe maîtresse absente : définissez SECUREX_MASTER_PASSPHRASE."
+        )
+    phrase: str = click.prompt("Phrase de passe maîtresse", hide_input=True)
+    return phrase
 
 
 class Context:
@@ -42,6 +56,14 @@ class Context:
     @cached_property
     def keys(self) -> accounts.AccountKeys:
         return accounts.AccountKeys(load_instance_secret(self.settings.instance))
+
+    @cached_property
+    def master_source(self) -> MasterKeySource:
+        return master_key_source(self.settings, os.environ, prompt=_prompt_passphrase)
+
+    @cached_property
+    def vault(self) -> Vault:
+        return open_vault(self.master_source, self.settings.instance)
 
     @cached_property
     def policy(self) -> accounts.SecurityPolicy:
@@ -119,8 +141,16 @@ def init(ctx: Context, demo: bool) -> None:
     os.chmod(instance, 0o700)
     for sub in ("blobs", "logs"):
         (instance / sub).mkdir(exist_ok=True, mode=0o700)
-    _migrate(ctx.settings.database_url)  # before the secret: a failure here can be re-run
+    _migrate(ctx.settings.database_url)  # before the keys: a failure here can be re-run
+    with transaction(ctx.factory) as db:
+        if accounts.get_meta(db, "demo") is not None:
+            raise ConfigError(
+                "Cette base de données appartient déjà à une instance initialisée. Pour un "
+                "second nœud, copiez le dossier keys/ de la première instance au lieu de "
+                "lancer « securex init »."
+            )
     secret = create_instance_secret(instance)
+    master = ctx.master_source.create()
     now = utcnow()
     try:
         with ctx.tx() as db:
@@ -138,7 +168,9 @@ def init(ctx: Context, demo: bool) -> None:
             if demo:
                 credentials = _create_demo(db, ctx, now)
     except BaseException:
-        secret.unlink()  # nothing was committed: leave the instance re-initialisable
+        # Nothing was committed: leave the instance re-initialisable.
+        secret.unlink()
+        ctx.master_source.discard(master)
         raise
     click.echo(f"Instance initialisée : {instance}")
     if demo:
@@ -188,7 +220,9 @@ def _create_demo(db: Session, ctx: Context, now: Any) -> dict[str, Any]:
         }
 
     for insee, name, slug in DEMO_TENANTS:
-        accounts.create_tenant(db, ctx.actor, insee=insee, name=name, now=now)
+        accounts.create_tenant(
+            db, ctx.actor, insee=insee, name=name, now=now, keyring=ctx.vault.keyring
+        )
         creds["tenants"].append({"insee": insee, "name": name})
         for role, (prefix, label) in DEMO_PEOPLE.items():
             creds["users"].append(
@@ -290,7 +324,9 @@ def tenant() -> None:
 def tenant_add(ctx: Context, insee: str, name: str) -> None:
     """Ajouter la commune INSEE NOM."""
     with ctx.tx() as s:
-        t = accounts.create_tenant(s, ctx.actor, insee=insee, name=name, now=utcnow())
+        t = accounts.create_tenant(
+            s, ctx.actor, insee=insee, name=name, now=utcnow(), keyring=ctx.vault.keyring
+        )
     click.echo(f"Commune ajoutée : {t.insee} {t.name}")
 
 
@@ -449,6 +485,181 @@ def client_revoke(ctx: Context, client_id: int) -> None:
     with ctx.tx() as s:
         c = accounts.revoke_client(s, ctx.actor, client_id, now=utcnow())
     click.echo(f"Client n° {c.id} révoqué : {c.name}")
+
+
+# --- vault and keys ----------------------------------------------------------------
+
+
+@main.group()
+def vault() -> None:
+    """Coffre chiffré : fichiers chiffrés, vérification, nettoyage."""
+
+
+def _atomic_output(out: Path) -> Path:
+    if out.exists():
+        raise ConfigError(f"{out} existe déjà : choisissez un autre fichier de sortie.")
+    return out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
+
+
+@vault.command("encrypt")
+@click.option("--tenant", "tenant_insee", required=True, help="Code INSEE de la commune.")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def vault_encrypt(ctx: Context, tenant_insee: str, source: Path, out: Path) -> None:
+    """Chiffrer SOURCE dans OUT au format du coffre (export, réquisition)."""
+    tmp = _atomic_output(out)
+    with ctx.tx() as db:
+        accounts.get_tenant(db, tenant_insee)
+        try:
+            with source.open("rb") as src, open(tmp, "xb") as dst:
+                size = ctx.vault.encrypt_file(db, tenant_insee, src, dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+        record(
+            db,
+            EventType.VAULT_FILE_ENCRYPTED,
+            actor=str(ctx.actor),
+            subject=f"file:{out.name}",
+            tenant=tenant_insee,
+            details={"bytes": size},
+            now=utcnow(),
+        )
+    click.echo(f"Chiffré : {out} ({size} octets en clair).")
+
+
+@vault.command("decrypt")
+@click.option("--tenant", "tenant_insee", required=True, help="Code INSEE de la commune.")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def vault_decrypt(ctx: Context, tenant_insee: str, source: Path, out: Path) -> None:
+    """Déchiffrer SOURCE dans OUT ; rien n'est écrit si le fichier est altéré."""
+    _atomic_output(out)
+    with ctx.tx() as db:
+        accounts.get_tenant(db, tenant_insee)
+        with source.open("rb") as src:
+            size = ctx.vault.decrypt_file(db, tenant_insee, src, out)
+        record(
+            db,
+            EventType.VAULT_FILE_DECRYPTED,
+            actor=str(ctx.actor),
+            subject=f"file:{source.name}",
+            tenant=tenant_insee,
+            details={"bytes": size},
+            now=utcnow(),
+        )
+    click.echo(f"Déchiffré : {out} ({size} octets).")
+
+
+@vault.command("verify")
+@pass_ctx
+def vault_verify(ctx: Context) -> None:
+    """Vérifier l'intégrité de chaque objet stocké ; code de sortie 1 si l'un est abîmé."""
+    with ctx.tx() as db:
+        total = db.scalar(
+            select(func.coalesce(func.sum(VaultObject.stored_size), 0)).where(
+                VaultObject.wrapped_key.is_not(None)
+            )
+        )
+        with click.progressbar(
+            length=int(total or 0), label="Vérification", file=sys.stderr
+        ) as bar:
+            damaged = ctx.vault.verify(db, progress=bar.update)
+        count = db.scalar(
+            select(func.count())
+            .select_from(VaultObject)
+            .where(VaultObject.wrapped_key.is_not(None))
+        )
+    if not damaged:
+        click.echo(f"Coffre intègre : {count} objets vérifiés.")
+        return
+    click.secho(f"{len(damaged)} objet(s) abîmé(s) :", fg="red", err=True)
+    for item in damaged:
+        click.echo(f"  - {item.object_id} (commune {item.tenant})", err=True)
+    sys.exit(1)
+
+
+@vault.command("gc")
+@click.option(
+    "--grace",
+    type=click.IntRange(0),
+    default=3600,
+    show_default=True,
+    help="Âge minimal (secondes) d'un fichier orphelin avant suppression.",
+)
+@pass_ctx
+def vault_gc(ctx: Context, grace: int) -> None:
+    """Supprimer les fichiers que plus aucun objet ne référence."""
+    with ctx.tx() as db:
+        blobs, temps = ctx.vault.gc(db, grace_seconds=grace)
+    click.echo(f"Supprimés : {blobs} fichier(s) orphelin(s), {temps} fichier(s) temporaire(s).")
+
+
+@main.group()
+def keys() -> None:
+    """Clés du coffre : état et rotation."""
+
+
+@keys.command("status")
+@pass_ctx
+def keys_status(ctx: Context) -> None:
+    """Afficher les versions de clé de chaque commune et ce qui en dépend."""
+    click.echo(
+        f"Clé maîtresse : {ctx.vault.keyring.current.key_id} "
+        f"(fournisseur {ctx.settings['master_key_provider']})"
+    )
+    with ctx.tx() as db:
+        for st in ctx.vault.keyring.status(db):
+            state = "retirée" if st.retired else "active"
+            click.echo(
+                f"{st.tenant}\tv{st.version}\t{state}\t{st.objects} objet(s)\t{st.master_key_id}"
+            )
+
+
+@keys.command("rotate-tenant")
+@click.argument("insee")
+@pass_ctx
+def keys_rotate_tenant(ctx: Context, insee: str) -> None:
+    """Nouvelle version de la clé de la commune ; les clés des objets sont re-chiffrées
+    (les documents ne le sont pas)."""
+    with ctx.tx() as db:
+        accounts.get_tenant(db, insee)
+        total = db.scalar(
+            select(func.count())
+            .select_from(VaultObject)
+            .where(VaultObject.tenant == insee, VaultObject.wrapped_key.is_not(None))
+        )
+        with click.progressbar(
+            length=int(total or 0), label="Re-chiffrement des clés", file=sys.stderr
+        ) as bar:
+            version = ctx.vault.keyring.rotate_tenant(
+                db, insee, now=utcnow(), actor=str(ctx.actor), progress=bar.update
+            )
+    click.echo(f"Commune {insee} : clé version {version} active.")
+
+
+@keys.command("rotate-master")
+@pass_ctx
+def keys_rotate_master(ctx: Context) -> None:
+    """Nouvelle clé maîtresse ; les clés des communes sont re-chiffrées sous elle.
+    Fournisseur « passphrase » : la nouvelle phrase vient de SECUREX_NEW_MASTER_PASSPHRASE
+    (sinon, la phrase actuelle est conservée avec un nouveau sel)."""
+    source = ctx.master_source
+    keyring = ctx.vault.keyring
+    old = list(source.load())
+    new = source.begin_rotation(os.environ.get("SECUREX_NEW_MASTER_PASSPHRASE"))
+    with ctx.tx() as db:
+        total = len(keyring.status(db))
+        with click.progressbar(length=total, label="Re-chiffrement", file=sys.stderr) as bar:
+            count = keyring.rewrap_tenant_keys(
+                db, new, now=utcnow(), actor=str(ctx.actor), progress=bar.update
+            )
+    source.finish_rotation(new, old)
+    click.echo(f"Clé maîtresse renouvelée : {new.key_id} ({count} clé(s) de commune).")
 
 
 # --- audit and demo helpers --------------------------------------------------------

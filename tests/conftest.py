@@ -24,6 +24,8 @@ from securex.app import create_app
 from securex.config import Settings, load_settings
 from securex.db import make_engine, make_sessionmaker, transaction, upgrade
 from securex.instance import create_instance_secret, load_instance_secret
+from securex.vault import Vault, master_key_source, open_vault
+from securex.vault.master import create_key_file
 
 ENGINE = os.environ.get("SECUREX_TEST_DB", "sqlite")
 if ENGINE not in {"sqlite", "postgresql"}:
@@ -114,6 +116,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     instance = tmp_path / "instance"
     instance.mkdir()
     create_instance_secret(instance)
+    create_key_file(instance / "keys" / "master.key")
     return load_settings(
         environ={}, overrides={"instance": str(instance), "database": {"url": database_url}}
     )
@@ -134,6 +137,11 @@ def keys(settings: Settings) -> accounts.AccountKeys:
 @pytest.fixture
 def policy(settings: Settings) -> accounts.SecurityPolicy:
     return accounts.SecurityPolicy.from_settings(settings)
+
+
+@pytest.fixture
+def vault(settings: Settings) -> Vault:
+    return open_vault(master_key_source(settings, {}), settings.instance)
 
 
 @pytest.fixture
@@ -174,13 +182,17 @@ class Factory:
         keys: accounts.AccountKeys,
         policy: accounts.SecurityPolicy,
         clock: Clock,
+        vault: Vault,
     ) -> None:
         self.factory, self.keys, self.policy, self.clock = factory, keys, policy, clock
+        self.vault = vault
         self._n = itertools.count(1)
 
     def tenant(self, insee: str = "40192", name: str = "Mont-de-Marsan") -> str:
         with transaction(self.factory) as db:
-            accounts.create_tenant(db, ADMIN, insee=insee, name=name, now=self.clock())
+            accounts.create_tenant(
+                db, ADMIN, insee=insee, name=name, now=self.clock(), keyring=self.vault.keyring
+            )
         return insee
 
     def user(
@@ -236,9 +248,13 @@ class Factory:
 
 @pytest.fixture
 def make(
-    factory: Any, keys: accounts.AccountKeys, policy: accounts.SecurityPolicy, clock: Clock
+    factory: Any,
+    keys: accounts.AccountKeys,
+    policy: accounts.SecurityPolicy,
+    clock: Clock,
+    vault: Vault,
 ) -> Factory:
-    return Factory(factory, keys, policy, clock)
+    return Factory(factory, keys, policy, clock, vault)
 
 
 CSRF_RE = re.compile(r'name="csrf_token" type="hidden" value="([^"]+)"')

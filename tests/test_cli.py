@@ -313,3 +313,96 @@ def test_disabled_user_can_be_enabled_again(run):
     run("user", "disable", "a@dax.fr")
     run("user", "enable", "a@dax.fr")
     assert "a@dax.fr\tagent\t40088\tsans 2FA\tactif" in run("user", "list").output
+
+
+def test_vault_encrypt_decrypt_and_refusals(run, tmp_path):
+    run("init", "--demo")
+    assert stat.S_IMODE((run.instance / "keys" / "master.key").stat().st_mode) == 0o600
+    plain = tmp_path / "acte.pdf"
+    plain.write_bytes(b"%PDF-1.7 " + bytes(range(256)) * 5000)
+    sealed, back = tmp_path / "acte.sxv", tmp_path / "acte.back.pdf"
+    run("vault", "encrypt", "--tenant", "40192", str(plain), str(sealed))
+    assert b"%PDF" not in sealed.read_bytes()
+    run("vault", "decrypt", "--tenant", "40192", str(sealed), str(back))
+    assert back.read_bytes() == plain.read_bytes()
+    # Existing output, wrong commune, tampered file: refused, nothing written.
+    assert (
+        run("vault", "decrypt", "--tenant", "40192", str(sealed), str(back), ok=False).exit_code
+        == 78
+    )
+    other = tmp_path / "other.pdf"
+    result = run("vault", "decrypt", "--tenant", "40088", str(sealed), str(other), ok=False)
+    assert result.exit_code == 65 and "altérées" in result.output and not other.exists()
+    damaged = bytearray(sealed.read_bytes())
+    damaged[-20] ^= 1
+    (tmp_path / "bad.sxv").write_bytes(bytes(damaged))
+    result = run(
+        "vault", "decrypt", "--tenant", "40192", str(tmp_path / "bad.sxv"), str(other), ok=False
+    )
+    assert result.exit_code == 65 and not other.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    truncated = tmp_path / "cut.sxv"
+    truncated.write_bytes(sealed.read_bytes()[:-16])
+    assert (
+        run("vault", "decrypt", "--tenant", "40192", str(truncated), str(other), ok=False).exit_code
+        == 65
+    )
+    assert run("audit", "verify").exit_code == 0
+
+
+def test_keys_rotation_commands(run, tmp_path):
+    run("init", "--demo")
+    plain = tmp_path / "a.txt"
+    plain.write_bytes(b"registre des naissances 2026")
+    run("vault", "encrypt", "--tenant", "40192", str(plain), str(tmp_path / "a.sxv"))
+    status = run("keys", "status").output
+    assert "40192\tv1\tactive" in status and "Clé maîtresse : file:" in status
+    assert "version 2" in run("keys", "rotate-tenant", "40192").output
+    old_master = (run.instance / "keys" / "master.key").read_bytes()
+    assert "renouvelée" in run("keys", "rotate-master").output
+    assert (run.instance / "keys" / "master.key").read_bytes() != old_master
+    status = run("keys", "status").output
+    assert "40192\tv1\tretirée" in status and "40192\tv2\tactive" in status
+    run("vault", "decrypt", "--tenant", "40192", str(tmp_path / "a.sxv"), str(tmp_path / "b"))
+    assert (tmp_path / "b").read_bytes() == plain.read_bytes()
+    assert "Coffre intègre" in run("vault", "verify").output
+    assert run("audit", "verify").exit_code == 0
+
+
+def test_vault_verify_lists_damaged_objects(run, tmp_path):
+    import io
+
+    from securex.db import make_engine, make_sessionmaker, transaction, utcnow
+    from securex.vault import master_key_source, open_vault
+
+    run("init", "--demo")
+    from securex.config import load_settings
+
+    settings = load_settings(
+        environ={"SECUREX_INSTANCE": str(run.instance), "SECUREX_DATABASE_URL": run.url}
+    )
+    vault = open_vault(master_key_source(settings, {}), settings.instance)
+    engine = make_engine(run.url)
+    with transaction(make_sessionmaker(engine)) as db:
+        good = vault.put(db, "40192", io.BytesIO(b"ok" * 1000), now=utcnow()).id
+        bad = vault.put(db, "40088", io.BytesIO(b"ko" * 1000), now=utcnow()).id
+    engine.dispose()
+    blob = next((run.instance / "blobs").glob(f"??/??/{bad}"))
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 1
+    blob.write_bytes(bytes(data))
+    result = run("vault", "verify", ok=False)
+    assert result.exit_code == 1
+    assert bad in result.output and good not in result.output
+
+
+def test_init_refuses_a_database_of_another_instance(run, tmp_path):
+    run("init")
+    env = {
+        "SECUREX_INSTANCE": str(tmp_path / "second"),
+        "SECUREX_DATABASE_URL": run.url,
+        "SECUREX_CONFIG": "",
+    }
+    result = CliRunner().invoke(main, ["init"], env=env)
+    assert result.exit_code == 78 and "keys/" in result.output
+    assert not (tmp_path / "second" / "keys" / "instance.key").exists()

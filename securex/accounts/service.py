@@ -39,6 +39,7 @@ from securex.accounts.models import (
 from securex.audit import EventType, record
 from securex.errors import AuthenticationFailed, Conflict, NotFound, ValidationFailed
 from securex.instance import derive_key
+from securex.vault import Keyring
 
 _hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile
 # Compared against when the e-mail is unknown, so that the answer takes as long.
@@ -117,7 +118,9 @@ class AccountKeys:
 # --- tenants -----------------------------------------------------------------------
 
 
-def create_tenant(db: Session, actor: Actor, *, insee: str, name: str, now: datetime) -> Tenant:
+def create_tenant(
+    db: Session, actor: Actor, *, insee: str, name: str, now: datetime, keyring: Keyring
+) -> Tenant:
     insee = insee.strip().upper()
     if not INSEE_RE.match(insee):
         raise ValidationFailed(f"Code INSEE invalide : {insee!r} (5 caractères, ex. 40192).")
@@ -128,6 +131,7 @@ def create_tenant(db: Session, actor: Actor, *, insee: str, name: str, now: date
     tenant = Tenant(insee=insee, name=name.strip(), created_at=now)
     db.add(tenant)
     db.flush()
+    keyring.ensure_tenant(db, insee, now=now, actor=str(actor))
     record(
         db,
         EventType.TENANT_CREATED,
@@ -285,7 +289,7 @@ def disable_user(db: Session, actor: Actor, email: str, *, now: datetime) -> Use
 
 def enable_user(db: Session, actor: Actor, email: str, *, now: datetime) -> User:
     user = get_user(db, email)
-    if user.disabled_at is not None:
+    if user.disabled_at is not None or user.locked_until is not None:
         user.disabled_at = None
         user.failed_logins = 0
         user.locked_until = None

@@ -25,5 +25,12 @@ class EventType(StrEnum):
     # API clients
     CLIENT_CREATED = "accounts:api-client:created"
     CLIENT_REVOKED = "accounts:api-client:revoked"
+    # Vault
+    VAULT_TENANT_KEY_CREATED = "vault:tenant-key:created"
+    VAULT_TENANT_KEY_ROTATED = "vault:tenant-key:rotated"
+    VAULT_MASTER_KEY_ROTATED = "vault:master-key:rotated"
+    VAULT_OBJECT_SHREDDED = "vault:object:shredded"
+    VAULT_FILE_ENCRYPTED = "vault:file:encrypted"
+    VAULT_FILE_DECRYPTED = "vault:file:decrypted"
     # Instance
     INSTANCE_INITIALISED = "instance:instance:initialised"

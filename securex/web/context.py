@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from securex.accounts.service import AccountKeys, SecurityPolicy
 from securex.config import Settings
+from securex.vault import Vault
 
 
 @dataclass
@@ -22,6 +23,7 @@ class AppState:
     keys: AccountKeys
     policy: SecurityPolicy
     clock: Callable[[], datetime]
+    vault: Vault
 
 
 def state() -> AppState:

@@ -1,0 +1,335 @@
+"""The key hierarchy: master key -> tenant key versions -> per-object data keys and the
+tenant's long-lived subkeys (encrypted columns, blind indexes).
+
+Unwrapped keys live only in this process's memory. Wrapping is AES-256-GCM whose
+associated data names what the key is for (tenant, version, object), so a wrapped key
+moved to another row, tenant or object does not unwrap.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from securex.audit import EventType, record
+from securex.vault.errors import IntegrityError, KeyUnavailable
+from securex.vault.master import MasterKey
+from securex.vault.models import TenantKey, TenantSubkey, VaultObject
+
+NONCE = 12
+SUBKEY_PURPOSES = ("columns", "index")
+Progress = Callable[[int], None]
+
+
+def _wrap(kek: bytes, key: bytes, context: bytes) -> bytes:
+    nonce = secrets.token_bytes(NONCE)
+    return nonce + AESGCM(kek).encrypt(nonce, key, context)
+
+
+def _unwrap(kek: bytes, wrapped: bytes, context: bytes) -> bytes:
+    try:
+        return AESGCM(kek).decrypt(wrapped[:NONCE], wrapped[NONCE:], context)
+    except (InvalidTag, ValueError):
+        raise IntegrityError() from None
+
+
+def tenant_context(tenant: str, version: int) -> bytes:
+    return f"securex/tenant-key/{tenant}/{version}".encode()
+
+
+def data_key_context(tenant: str, object_id: str, version: int) -> bytes:
+    return f"securex/data-key/{tenant}/{object_id}/{version}".encode()
+
+
+def subkey_context(tenant: str, purpose: str, version: int) -> bytes:
+    return f"securex/subkey/{tenant}/{purpose}/{version}".encode()
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    tenant: str
+    version: int
+    master_key_id: str
+    objects: int
+    retired: bool
+
+
+class Keyring:
+    def __init__(self, masters: Sequence[MasterKey]) -> None:
+        if not masters:
+            raise KeyUnavailable("Aucune clé maîtresse disponible.")
+        self._masters = {m.key_id: m for m in masters}
+        self.current = masters[-1]
+        self._tenant_keys: dict[tuple[str, int], bytes] = {}
+        self._subkeys: dict[tuple[str, str], bytes] = {}
+
+    # --- tenant keys -------------------------------------------------------------
+
+    def _master(self, key_id: str) -> MasterKey:
+        try:
+            return self._masters[key_id]
+        except KeyError:
+            raise KeyUnavailable(
+                f"La clé maîtresse {key_id} n'est pas disponible : vérifiez la configuration "
+                "du fournisseur (fichier, phrase de passe ou jeton)."
+            ) from None
+
+    def ensure_tenant(self, db: Session, tenant: str, *, now: datetime, actor: str) -> None:
+        """Give a tenant its first key and subkeys (idempotent)."""
+        if db.scalar(select(TenantKey.id).where(TenantKey.tenant == tenant).limit(1)):
+            return
+        kek = secrets.token_bytes(32)
+        db.add(
+            TenantKey(
+                tenant=tenant,
+                version=1,
+                created_at=now,
+                master_key_id=self.current.key_id,
+                wrapped=self.current.wrap(kek, tenant_context(tenant, 1)),
+            )
+        )
+        for purpose in SUBKEY_PURPOSES:
+            db.add(
+                TenantSubkey(
+                    tenant=tenant,
+                    purpose=purpose,
+                    key_version=1,
+                    wrapped=_wrap(kek, secrets.token_bytes(32), subkey_context(tenant, purpose, 1)),
+                )
+            )
+        db.flush()
+        self._tenant_keys[(tenant, 1)] = kek
+        record(
+            db,
+            EventType.VAULT_TENANT_KEY_CREATED,
+            actor=actor,
+            subject=f"tenant-key:{tenant}",
+            tenant=tenant,
+            details={"version": 1},
+            now=now,
+        )
+
+    def current_version(self, db: Session, tenant: str) -> int:
+        version = db.scalar(
+            select(func.max(TenantKey.version)).where(
+                TenantKey.tenant == tenant, TenantKey.retired_at.is_(None)
+            )
+        )
+        if version is None:
+            raise KeyUnavailable(f"La commune {tenant} n'a pas encore de clé dans le coffre.")
+        return int(version)
+
+    def tenant_key(self, db: Session, tenant: str, version: int) -> bytes:
+        cached = self._tenant_keys.get((tenant, version))
+        if cached is not None:
+            return cached
+        row = db.scalar(
+            select(TenantKey).where(TenantKey.tenant == tenant, TenantKey.version == version)
+        )
+        if row is None:
+            raise IntegrityError()
+        kek = self._master(row.master_key_id).unwrap(row.wrapped, tenant_context(tenant, version))
+        self._tenant_keys[(tenant, version)] = kek
+        return kek
+
+    # --- data keys ---------------------------------------------------------------
+
+    def new_data_key(self, db: Session, tenant: str, object_id: str) -> tuple[int, bytes, bytes]:
+        """A fresh data key: (tenant key version, key, wrapped key)."""
+        version = self.current_version(db, tenant)
+        dek = secrets.token_bytes(32)
+        wrapped = _wrap(
+            self.tenant_key(db, tenant, version), dek, data_key_context(tenant, object_id, version)
+        )
+        return version, dek, wrapped
+
+    def open_data_key(
+        self, db: Session, tenant: str, object_id: str, version: int, wrapped: bytes
+    ) -> bytes:
+        return _unwrap(
+            self.tenant_key(db, tenant, version),
+            wrapped,
+            data_key_context(tenant, object_id, version),
+        )
+
+    def subkey(self, db: Session, tenant: str, purpose: str) -> bytes:
+        cached = self._subkeys.get((tenant, purpose))
+        if cached is not None:
+            return cached
+        row = db.scalar(
+            select(TenantSubkey).where(
+                TenantSubkey.tenant == tenant, TenantSubkey.purpose == purpose
+            )
+        )
+        if row is None:
+            raise KeyUnavailable(f"La commune {tenant} n'a pas encore de clé dans le coffre.")
+        key = _unwrap(
+            self.tenant_key(db, tenant, row.key_version),
+            row.wrapped,
+            subkey_context(tenant, purpose, row.key_version),
+        )
+        self._subkeys[(tenant, purpose)] = key
+        return key
+
+    # --- rotation ----------------------------------------------------------------
+
+    def rotate_tenant(
+        self,
+        db: Session,
+        tenant: str,
+        *,
+        now: datetime,
+        actor: str,
+        progress: Progress | None = None,
+        batch: int = 500,
+    ) -> int:
+        """New tenant key version; rewrap every data key and subkey under it (no object
+        is re-encrypted); retire versions nothing refers to any more. Returns the new
+        version."""
+        old_version = self.current_version(db, tenant)
+        new_version = (
+            int(
+                db.scalar(select(func.max(TenantKey.version)).where(TenantKey.tenant == tenant))
+                or 0
+            )
+            + 1
+        )
+        kek = secrets.token_bytes(32)
+        db.add(
+            TenantKey(
+                tenant=tenant,
+                version=new_version,
+                created_at=now,
+                master_key_id=self.current.key_id,
+                wrapped=self.current.wrap(kek, tenant_context(tenant, new_version)),
+            )
+        )
+        db.flush()
+        self._tenant_keys[(tenant, new_version)] = kek
+        for sub in db.scalars(select(TenantSubkey).where(TenantSubkey.tenant == tenant)):
+            key = self.subkey(db, tenant, sub.purpose)
+            sub.wrapped = _wrap(kek, key, subkey_context(tenant, sub.purpose, new_version))
+            sub.key_version = new_version
+        rewrapped = 0
+        while True:
+            rows = list(
+                db.scalars(
+                    select(VaultObject)
+                    .where(
+                        VaultObject.tenant == tenant,
+                        VaultObject.key_version != new_version,
+                        VaultObject.wrapped_key.is_not(None),
+                    )
+                    .order_by(VaultObject.id)
+                    .limit(batch)
+                )
+            )
+            if not rows:
+                break
+            for obj in rows:
+                assert obj.wrapped_key is not None and obj.key_version is not None
+                dek = self.open_data_key(db, tenant, obj.id, obj.key_version, obj.wrapped_key)
+                obj.wrapped_key = _wrap(kek, dek, data_key_context(tenant, obj.id, new_version))
+                obj.key_version = new_version
+            db.flush()
+            rewrapped += len(rows)
+            if progress:
+                progress(len(rows))
+        retired = self.retire_unused(db, tenant, now=now)
+        record(
+            db,
+            EventType.VAULT_TENANT_KEY_ROTATED,
+            actor=actor,
+            subject=f"tenant-key:{tenant}",
+            tenant=tenant,
+            details={
+                "from": old_version,
+                "to": new_version,
+                "rewrapped": rewrapped,
+                "retired": retired,
+            },
+            now=now,
+        )
+        return new_version
+
+    def retire_unused(self, db: Session, tenant: str, *, now: datetime) -> list[int]:
+        current = self.current_version(db, tenant)
+        used = set(
+            db.scalars(
+                select(VaultObject.key_version)
+                .where(VaultObject.tenant == tenant, VaultObject.wrapped_key.is_not(None))
+                .distinct()
+            )
+        )
+        used |= set(
+            db.scalars(select(TenantSubkey.key_version).where(TenantSubkey.tenant == tenant))
+        )
+        retired = []
+        for row in db.scalars(
+            select(TenantKey).where(TenantKey.tenant == tenant, TenantKey.retired_at.is_(None))
+        ):
+            if row.version != current and row.version not in used:
+                # Retired: never wraps again and no stored object needs it. It still opens
+                # export files made under it (`securex vault encrypt`), as a transit
+                # engine's older key versions do, and follows master key rotations.
+                row.retired_at = now
+                retired.append(row.version)
+        return sorted(retired)
+
+    def rewrap_tenant_keys(
+        self,
+        db: Session,
+        new: MasterKey,
+        *,
+        now: datetime,
+        actor: str,
+        progress: Progress | None = None,
+    ) -> int:
+        """Master key rotation: every tenant key version wrapped anew under `new`."""
+        count = 0
+        rows = list(db.scalars(select(TenantKey)))
+        for row in rows:
+            context = tenant_context(row.tenant, row.version)
+            kek = self._master(row.master_key_id).unwrap(row.wrapped, context)
+            row.wrapped = new.wrap(kek, context)
+            row.master_key_id = new.key_id
+            count += 1
+            if progress:
+                progress(1)
+        db.flush()
+        self._masters[new.key_id] = new
+        self.current = new
+        record(
+            db,
+            EventType.VAULT_MASTER_KEY_ROTATED,
+            actor=actor,
+            subject="master-key",
+            details={"master_key_id": new.key_id, "rewrapped": count},
+            now=now,
+        )
+        return count
+
+    def status(self, db: Session) -> list[KeyStatus]:
+        rows = db.execute(
+            select(VaultObject.tenant, VaultObject.key_version, func.count())
+            .where(VaultObject.wrapped_key.is_not(None))
+            .group_by(VaultObject.tenant, VaultObject.key_version)
+        )
+        counts = {(tenant, version): int(n) for tenant, version, n in rows}
+        return [
+            KeyStatus(
+                row.tenant,
+                row.version,
+                row.master_key_id,
+                counts.get((row.tenant, row.version), 0),
+                row.retired_at is not None,
+            )
+            for row in db.scalars(select(TenantKey).order_by(TenantKey.tenant, TenantKey.version))
+        ]
