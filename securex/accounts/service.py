@@ -42,8 +42,13 @@ from securex.instance import derive_key
 from securex.vault import Keyring
 
 _hasher = PasswordHasher()  # argon2id, RFC 9106 low-memory profile
-# Compared against when the e-mail is unknown, so that the answer takes as long.
-_DUMMY_HASH = _hasher.hash("securex-no-such-user")
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    """Compared against when the e-mail is unknown, so that the answer takes as long."""
+    return _hasher.hash("securex-no-such-user")
+
 
 TOTP_PERIOD = 30
 RECOVERY_CODES = 10
@@ -531,7 +536,7 @@ def check_password_login(
     user = db.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None or not user.active:
         with contextlib.suppress(VerificationError):
-            _hasher.verify(_DUMMY_HASH, password)
+            _hasher.verify(_dummy_hash(), password)
         return LoginOutcome(LoginStatus.BAD_CREDENTIALS)
     wait = _locked_for(user, now)
     if wait:

@@ -28,6 +28,7 @@ from securex.vault.errors import IntegrityError
 from securex.vault.keyring import Keyring
 from securex.vault.models import Shred, VaultObject
 from securex.vault.stream import (
+    decrypt_stream,
     encrypt_stream,
     iter_decrypt,
     new_header,
@@ -208,17 +209,14 @@ class Vault:
             db, tenant, EXPORT_OBJECT_ID, header.key_version, header.wrapped_key
         )
         tmp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
-        size = 0
         try:
             with open(tmp, "xb") as fh:
-                for segment in iter_decrypt(
-                    src, dek=dek, header=header, tenant=tenant, object_id=EXPORT_OBJECT_ID
-                ):
-                    fh.write(segment)
-                    size += len(segment)
+                size = decrypt_stream(
+                    src, fh, dek=dek, header=header, tenant=tenant, object_id=EXPORT_OBJECT_ID
+                )
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, out)
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)  # whatever was written before a failure goes
         return size
