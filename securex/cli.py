@@ -676,8 +676,12 @@ def audit_verify(ctx: Context) -> None:
     """Recalculer le chaînage du journal ; code de sortie 1 si une ligne a été altérée."""
     from securex.audit import verify_chain
 
-    with ctx.tx() as s:
-        report = verify_chain(s)
+    load_instance_secret(ctx.settings.instance)
+    try:
+        with ctx.factory() as s:  # no transaction begun: verify_chain takes one snapshot
+            report = verify_chain(s)
+    except DBAPIError as exc:
+        raise ConfigError(f"Base de données injoignable : {exc.orig.__class__.__name__}.") from None
     if report.ok:
         click.echo(f"Journal d'audit intègre : {report.size} événements.")
         return

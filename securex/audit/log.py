@@ -112,9 +112,11 @@ class ChainReport:
 
 def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
     """Recompute every chain value from the columns, in order, and compare with the
-    stored ones and the head. Streams the table; memory stays flat. Call it on a
-    session that has not run a statement yet in its transaction."""
-    if session.get_bind().dialect.name == "postgresql":
+    stored ones and the head. Streams the table; memory stays flat. Given a session
+    that has not begun its transaction yet, it reads one snapshot (on PostgreSQL,
+    REPEATABLE READ), so that events appended meanwhile are not taken for a
+    truncated tail."""
+    if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
         # One snapshot for the rows and the head, or an event appended meanwhile would
         # look like a truncated log. (SQLite transactions here are already serialised.)
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
