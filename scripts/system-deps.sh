@@ -5,6 +5,10 @@ set -eu
 NEEDED="
 /usr/lib/postgresql:postgresql
 /usr/lib/softhsm/libsofthsm2.so:softhsm2
+pdfsig:poppler-utils
+qpdf:qpdf
+certutil:libnss3-tools
+openssl:openssl
 "
 missing=""
 for entry in $NEEDED; do

@@ -56,6 +56,7 @@ def create_app(
         clock=clock,
         vault=open_vault(master_key_source(settings, os.environ), settings.instance),
     )
+    _load_signing(app.extensions["securex"])
     try:
         with app.extensions["securex"].sessions() as db:
             app.config["SECUREX_DEMO"] = accounts_service.get_meta(db, "demo") == "true"
@@ -74,8 +75,10 @@ def create_app(
     from securex.accounts.api import bp as accounts_api
     from securex.accounts.views import bp as accounts_views
     from securex.web.api import meta
+    from securex.web.signing import api as signing_api
+    from securex.web.signing import pki_bp, verify_bp
 
-    web.init_app(app, [accounts_views, accounts_api, meta])
+    web.init_app(app, [accounts_views, accounts_api, meta, pki_bp, verify_bp, signing_api])
 
     zone = ZoneInfo(settings["timezone"])
 
@@ -98,9 +101,24 @@ def create_app(
             extra["logout_form"] = ActionForm()
         return extra
 
+    # pyHanko logs a warning with a traceback for every untrusted path it meets while
+    # validating uploads: noise for operators, who get the report instead.
+    logging.getLogger("pyhanko").setLevel(logging.ERROR)
     if not app.testing:
         _log_to_instance(settings.instance)
     return app
+
+
+def _load_signing(st: AppState) -> None:
+    """The demo PKI (served under /pki for outside validators) and the trust anchors
+    used to validate uploaded PDFs."""
+    from securex.signing.setup import _trust_anchors, load_demo_pki
+
+    st.pki = load_demo_pki(st.settings.instance)
+    if st.pki is not None:
+        st.other_certs = [st.pki.ca_cert]
+    if st.pki is not None or st.settings["signing.trust_anchors"]:
+        st.trust_roots = _trust_anchors(st.settings, st.pki)
 
 
 def _log_to_instance(instance: Path) -> None:

@@ -4,7 +4,9 @@ non-zero exit code, never a traceback."""
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
+import logging
 import os
 import secrets
 import sys
@@ -38,7 +40,10 @@ def _prompt_passphrase() -> str:
         raise ConfigError(
             "Phrase de passe maîtresse absente : définissez SECUREX_MASTER_PASSPHRASE."
         )
-    phrase: str = click.prompt("Phrase de passe maîtresse", hide_input=True)
+    creating = click.get_current_context().find_root().invoked_subcommand == "init"
+    phrase: str = click.prompt(
+        "Phrase de passe maîtresse", hide_input=True, confirmation_prompt=creating
+    )
     return phrase
 
 
@@ -120,6 +125,7 @@ def main() -> None:
     """securex : actes d'état civil chiffrés, signatures et échanges confidentiels.
 
     L'instance est le dossier SECUREX_INSTANCE (./var par défaut)."""
+    logging.getLogger("pyhanko").setLevel(logging.ERROR)  # reports say it in French
 
 
 # --- instance ----------------------------------------------------------------------
@@ -149,13 +155,14 @@ def init(ctx: Context, demo: bool) -> None:
                 "second nœud, copiez le dossier keys/ de la première instance au lieu de "
                 "lancer « securex init »."
             )
-    secret = create_instance_secret(instance)
+    # The master key first: when it cannot be made (a key file already there, a short
+    # passphrase, no PIN), nothing else exists yet and `init` can simply be run again.
     master = ctx.master_source.create()
+    secret = None
     now = utcnow()
     try:
+        secret = create_instance_secret(instance)
         with ctx.tx() as db:
-            from securex.audit import EventType, record
-
             accounts.set_meta(db, "demo", "true" if demo else "false")
             record(
                 db,
@@ -169,7 +176,8 @@ def init(ctx: Context, demo: bool) -> None:
                 credentials = _create_demo(db, ctx, now)
     except BaseException:
         # Nothing was committed: leave the instance re-initialisable.
-        secret.unlink()
+        if secret is not None:
+            secret.unlink()
         ctx.master_source.discard(master)
         raise
     click.echo(f"Instance initialisée : {instance}")
@@ -179,6 +187,7 @@ def init(ctx: Context, demo: bool) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(credentials, fh, ensure_ascii=False, indent=2)
         click.echo(f"Identifiants de démonstration : {path}")
+        click.get_current_context().invoke(pki_init)  # officers' signing certificates
 
 
 DEMO_TENANTS = [("40192", "Mont-de-Marsan", "mont-de-marsan"), ("40088", "Dax", "dax")]
@@ -501,6 +510,25 @@ def _atomic_output(out: Path) -> Path:
     return out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")
 
 
+def _publish(tmp: Path, out: Path) -> None:
+    """Give `tmp` its final name without ever replacing a file that appeared meanwhile."""
+    try:
+        os.link(tmp, out)
+    except FileExistsError:
+        raise ConfigError(f"{out} existe déjà : choisissez un autre fichier de sortie.") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _export_id(path: Path) -> str:
+    """An export file is named in the audit log by its random salt, not by its file name
+    (which may hold a person's name)."""
+    from securex.vault.stream import read_header
+
+    with path.open("rb") as fh:
+        return read_header(fh).salt.hex()[:32]
+
+
 @vault.command("encrypt")
 @click.option("--tenant", "tenant_insee", required=True, help="Code INSEE de la commune.")
 @click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -509,25 +537,25 @@ def _atomic_output(out: Path) -> Path:
 def vault_encrypt(ctx: Context, tenant_insee: str, source: Path, out: Path) -> None:
     """Chiffrer SOURCE dans OUT au format du coffre (export, réquisition)."""
     tmp = _atomic_output(out)
-    with ctx.tx() as db:
-        accounts.get_tenant(db, tenant_insee)
-        try:
+    try:
+        with ctx.tx() as db:
+            accounts.get_tenant(db, tenant_insee)
             with source.open("rb") as src, open(tmp, "xb") as dst:
                 size = ctx.vault.encrypt_file(db, tenant_insee, src, dst)
                 dst.flush()
                 os.fsync(dst.fileno())
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
-        record(
-            db,
-            EventType.VAULT_FILE_ENCRYPTED,
-            actor=str(ctx.actor),
-            subject=f"file:{out.name}",
-            tenant=tenant_insee,
-            details={"bytes": size},
-            now=utcnow(),
-        )
+            record(
+                db,
+                EventType.VAULT_FILE_ENCRYPTED,
+                actor=str(ctx.actor),
+                subject=f"export:{_export_id(tmp)}",
+                tenant=tenant_insee,
+                details={"bytes": size},
+                now=utcnow(),
+            )
+        _publish(tmp, out)  # only once the event is committed
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"Chiffré : {out} ({size} octets en clair).")
 
 
@@ -538,20 +566,24 @@ def vault_encrypt(ctx: Context, tenant_insee: str, source: Path, out: Path) -> N
 @pass_ctx
 def vault_decrypt(ctx: Context, tenant_insee: str, source: Path, out: Path) -> None:
     """Déchiffrer SOURCE dans OUT ; rien n'est écrit si le fichier est altéré."""
-    _atomic_output(out)
-    with ctx.tx() as db:
-        accounts.get_tenant(db, tenant_insee)
-        with source.open("rb") as src:
-            size = ctx.vault.decrypt_file(db, tenant_insee, src, out)
-        record(
-            db,
-            EventType.VAULT_FILE_DECRYPTED,
-            actor=str(ctx.actor),
-            subject=f"file:{source.name}",
-            tenant=tenant_insee,
-            details={"bytes": size},
-            now=utcnow(),
-        )
+    tmp = _atomic_output(out)
+    try:
+        with ctx.tx() as db:
+            accounts.get_tenant(db, tenant_insee)
+            with source.open("rb") as src:
+                size = ctx.vault.decrypt_file(db, tenant_insee, src, tmp)
+            record(
+                db,
+                EventType.VAULT_FILE_DECRYPTED,
+                actor=str(ctx.actor),
+                subject=f"export:{_export_id(source)}",
+                tenant=tenant_insee,
+                details={"bytes": size},
+                now=utcnow(),
+            )
+        _publish(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     click.echo(f"Déchiffré : {out} ({size} octets).")
 
 
@@ -559,21 +591,15 @@ def vault_decrypt(ctx: Context, tenant_insee: str, source: Path, out: Path) -> N
 @pass_ctx
 def vault_verify(ctx: Context) -> None:
     """Vérifier l'intégrité de chaque objet stocké ; code de sortie 1 si l'un est abîmé."""
+    live = VaultObject.wrapped_key.is_not(None)
     with ctx.tx() as db:
-        total = db.scalar(
-            select(func.coalesce(func.sum(VaultObject.stored_size), 0)).where(
-                VaultObject.wrapped_key.is_not(None)
-            )
-        )
-        with click.progressbar(
-            length=int(total or 0), label="Vérification", file=sys.stderr
-        ) as bar:
-            damaged = ctx.vault.verify(db, progress=bar.update)
-        count = db.scalar(
-            select(func.count())
-            .select_from(VaultObject)
-            .where(VaultObject.wrapped_key.is_not(None))
-        )
+        total = db.scalar(select(func.coalesce(func.sum(VaultObject.stored_size), 0)).where(live))
+        count = db.scalar(select(func.count()).select_from(VaultObject).where(live))
+    with (
+        ctx.factory() as db,
+        click.progressbar(length=int(total or 0), label="Vérification", file=sys.stderr) as bar,
+    ):
+        damaged = ctx.vault.verify(db, progress=bar.update)
     if not damaged:
         click.echo(f"Coffre intègre : {count} objets vérifiés.")
         return
@@ -660,6 +686,310 @@ def keys_rotate_master(ctx: Context) -> None:
             )
     source.finish_rotation(new, old)
     click.echo(f"Clé maîtresse renouvelée : {new.key_id} ({count} clé(s) de commune).")
+
+
+# --- PKI, signing, validation -------------------------------------------------------
+
+
+def _pki_folder(ctx: Context) -> Path:
+    return ctx.settings.instance / "pki"
+
+
+def _pki_password(ctx: Context) -> bytes:
+    from securex.signing.setup import demo_pki_password
+
+    return demo_pki_password(load_instance_secret(ctx.settings.instance))
+
+
+def _load_pki(ctx: Context) -> Any:
+    from securex.signing.pki import load_pki
+
+    return load_pki(_pki_folder(ctx), _pki_password(ctx))
+
+
+def _officer_identity(user: Any) -> Any:
+    from securex.signing.pki import OfficerIdentity
+
+    tenant = user.tenant
+    return OfficerIdentity(
+        email=user.email,
+        name=user.name,
+        commune=tenant.name if tenant else "",
+        insee=tenant.insee if tenant else "",
+    )
+
+
+@main.group()
+def pki() -> None:
+    """PKI de démonstration : autorité, certificats des officiers, horodatage."""
+
+
+@pki.command("init")
+@click.option(
+    "--base-url",
+    default=None,
+    help="Adresse publique servant CRL, OCSP et TSA (défaut : base_url de la configuration).",
+)
+@pass_ctx
+def pki_init(ctx: Context, base_url: str | None) -> None:
+    """Créer la PKI de démonstration et un certificat par officier."""
+    from securex.signing.pki import init_pki
+
+    with ctx.tx() as db:
+        officers = [
+            _officer_identity(u)
+            for u in accounts.list_users(db)
+            if u.role == Role.OFFICER.value and u.active
+        ]
+    made = init_pki(
+        _pki_folder(ctx),
+        base_url=base_url or ctx.settings["base_url"],
+        now=utcnow(),
+        officers=officers,
+        password=_pki_password(ctx),
+    )
+    click.echo(f"PKI de démonstration créée : {made.folder} ({len(officers)} officier(s)).")
+
+
+@pki.command("roots")
+@pass_ctx
+def pki_roots(ctx: Context) -> None:
+    """Afficher les ancres de confiance (PEM)."""
+    path = ctx.settings["signing.trust_anchors"]
+    if path:
+        click.echo(Path(path).read_text().strip())
+        return
+    click.echo(_load_pki(ctx).roots_pem().decode().strip())
+
+
+@pki.command("issue")
+@click.argument("email")
+@click.option(
+    "--key-type", type=click.Choice(["rsa3072", "ecdsa-p256"]), default="rsa3072", show_default=True
+)
+@pass_ctx
+def pki_issue(ctx: Context, email: str, key_type: str) -> None:
+    """(Re)délivrer le certificat de signature d'un officier."""
+    with ctx.tx() as db:
+        user = accounts.get_user(db, email)
+        if user.role != Role.OFFICER.value:
+            raise ConfigError(f"{email} n'est pas officier de l'état civil.")
+        who = _officer_identity(user)
+    cert = _load_pki(ctx).issue_officer(who, key_type=key_type, now=utcnow())
+    click.echo(f"Certificat délivré à {email} (n° de série {cert.serial_number:x}).")
+
+
+@pki.command("revoke")
+@click.argument("email")
+@pass_ctx
+def pki_revoke(ctx: Context, email: str) -> None:
+    """Révoquer le certificat de signature d'un officier."""
+    authority = _load_pki(ctx)
+    cert, _ = authority.officer(email)
+    authority.revoke(cert.serial_number, now=utcnow())
+    click.echo(f"Certificat de {email} révoqué (n° de série {cert.serial_number:x}).")
+
+
+class _SignGroup(Group):
+    """`securex sign FILE …` signs; `securex sign renew …` is a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if (
+            args
+            and (args[0] == "--batch" or args[0] not in self.commands)
+            and args[0] not in ("-h", "--help")
+        ):
+            args = ["file", *args]
+        return super().parse_args(ctx, args)
+
+
+def _choose_signer(ctx: Context, email: str | None) -> tuple[str, str, str]:
+    """(email, name, commune) of the officer who signs."""
+    with ctx.tx() as db:
+        if email:
+            user = accounts.get_user(db, email)
+            if user.role != Role.OFFICER.value or not user.active:
+                raise ConfigError(f"{email} n'est pas un officier de l'état civil actif.")
+        else:
+            officers = [
+                u for u in accounts.list_users(db) if u.role == Role.OFFICER.value and u.active
+            ]
+            demo = accounts.get_meta(db, "demo") == "true"
+            if len(officers) == 1 or (officers and demo):
+                user = sorted(officers, key=lambda u: u.id)[0]
+            else:
+                raise ConfigError("Plusieurs officiers (ou aucun) : précisez --signer EMAIL.")
+        return user.email, user.name, user.tenant.name if user.tenant else ""
+
+
+@main.group(cls=_SignGroup)
+def sign() -> None:
+    """Signer des PDF (PAdES) au nom d'un officier de l'état civil."""
+
+
+@sign.command("file")
+@click.argument("source", type=click.Path(exists=True, path_type=Path), required=False)
+@click.option(
+    "--batch",
+    "batch",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Signer chaque PDF de ce dossier.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Fichier signé (ou dossier, avec --batch).",
+)
+@click.option("--level", default=None, help="B-B, B-T, B-LT ou B-LTA (défaut : configuration).")
+@click.option("--signer", "signer_email", default=None, help="E-mail de l'officier signataire.")
+@pass_ctx
+def sign_file(
+    ctx: Context,
+    source: Path | None,
+    batch: Path | None,
+    output: Path,
+    level: str | None,
+    signer_email: str | None,
+) -> None:
+    """Signer SOURCE dans OUTPUT, ou tout un dossier avec --batch."""
+    from securex.signing import batch as batch_signing
+    from securex.signing.pades import Level
+
+    if (source is None) == (batch is None):
+        raise ConfigError("Donnez un fichier à signer, ou --batch DOSSIER.")
+    chosen = Level.parse(level or ctx.settings["signing.level"])
+    email, name, commune = _choose_signer(ctx, signer_email)
+    job = batch_signing.Job(
+        instance=str(ctx.settings.instance),
+        email=email,
+        officer=name,
+        commune=commune,
+        level=chosen.value,
+    )
+    if source is not None:
+        if source.is_dir():
+            raise ConfigError(f"{source} est un dossier : utilisez --batch.")
+        result = batch_signing.sign_one(job, source, output)
+        _record_signatures(ctx, [result], email)
+        click.echo(f"Signé ({chosen.value}, {name}) : {output}")
+        return
+    assert batch is not None
+    files = sorted(p for p in batch.iterdir() if p.is_file() and p.suffix.lower() == ".pdf")
+    if not files:
+        raise ConfigError(f"Aucun PDF dans {batch}.")
+    output.mkdir(parents=True, exist_ok=True)
+    results: list[Any] = []
+    failures: list[Any] = []
+    with click.progressbar(
+        length=len(files), label=f"Signature {chosen.value}", file=sys.stderr
+    ) as bar:
+        for outcome in batch_signing.sign_many(job, files, output):
+            bar.update(1)
+            (results if outcome.ok else failures).append(outcome)
+    _record_signatures(ctx, results, email)
+    click.echo(f"{len(results)} PDF signé(s) dans {output}.")
+    if failures:
+        click.secho(f"{len(failures)} refusé(s) :", fg="red", err=True)
+        for f in failures:
+            click.echo(f"  - {f.source.name} : {f.error}", err=True)
+        sys.exit(65)
+
+
+def _record_signatures(ctx: Context, results: list[Any], email: str) -> None:
+    with ctx.tx() as db:
+        user = accounts.get_user(db, email)
+        for r in results:
+            record(
+                db,
+                EventType.DOCUMENT_SIGNED,
+                actor=str(ctx.actor),
+                subject=f"document:{r.digest}",
+                tenant=user.tenant.insee if user.tenant else None,
+                details={"level": r.level, "signer": f"user:{user.id}"},
+                now=utcnow(),
+            )
+
+
+@sign.command("renew")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--margin-days",
+    type=click.IntRange(0),
+    default=365,
+    show_default=True,
+    help="Renouveler si le dernier horodatage expire dans ce délai.",
+)
+@click.option("--force", is_flag=True, help="Renouveler même si ce n'est pas nécessaire.")
+@pass_ctx
+def sign_renew(ctx: Context, files: tuple[Path, ...], margin_days: int, force: bool) -> None:
+    """Ajouter un horodatage d'archivage frais aux PDF B-LTA (en place) avant que leur
+    dernier horodatage n'expire."""
+    from datetime import timedelta
+
+    from securex.signing import pades
+    from securex.signing.setup import timestamper, validation_context_factory
+
+    if not files:
+        raise ConfigError("Donnez les PDF à renouveler.")
+    authority = None if ctx.settings["signing.tsa_url"] else _load_pki(ctx)
+    now = utcnow()
+    stamper = timestamper(ctx.settings, authority)
+    contexts = validation_context_factory(ctx.settings, authority, now)
+    renewed, refused = 0, 0
+    for path in files:
+        data = path.read_bytes()
+        try:
+            reason = pades.renewal_reason(data, now, timedelta(days=margin_days))
+        except SecurexError as exc:
+            click.echo(f"Refusé : {path} : {exc.detail}", err=True)
+            refused += 1
+            continue
+        if reason is None and not force:
+            click.echo(f"À jour : {path}")
+            continue
+        fresh = pades.renew(data, stamper, contexts())
+        tmp = _atomic_output(path.with_name(path.name + ".renew"))
+        tmp.write_bytes(fresh)
+        os.replace(tmp, path)
+        renewed += 1
+        with ctx.tx() as db:
+            record(
+                db,
+                EventType.DOCUMENT_RENEWED,
+                actor=str(ctx.actor),
+                subject=f"document:{hashlib.sha256(fresh).hexdigest()}",
+                details={"reason": reason or "forcé"},
+                now=now,
+            )
+        click.echo(f"Renouvelé ({reason or 'forcé'}) : {path}")
+    click.echo(f"{renewed} document(s) renouvelé(s).")
+    if refused:
+        sys.exit(65)
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Rapport en JSON.")
+@pass_ctx
+def verify(ctx: Context, source: Path, as_json: bool) -> None:
+    """Vérifier les signatures d'un PDF ; code 0 seulement si toutes sont intègres,
+    valides et de confiance."""
+    from securex.signing.setup import _trust_anchors
+    from securex.signing.validate import render_text, validate_pdf
+
+    authority = None if ctx.settings["signing.trust_anchors"] else _load_pki(ctx)
+    report = validate_pdf(
+        source.read_bytes(),
+        trust_roots=_trust_anchors(ctx.settings, authority),
+        other_certs=[authority.ca_cert] if authority else [],
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        click.echo(render_text(report))
+    sys.exit(0 if report.ok else 1)
 
 
 # --- audit and demo helpers --------------------------------------------------------

@@ -264,3 +264,13 @@ def csrf_token(html: str) -> str:
     match = CSRF_RE.search(html)
     assert match, "no CSRF token in the page"
     return match.group(1)
+
+
+@pytest.fixture(scope="session")
+def softhsm_token() -> str:
+    """One SoftHSM2 token for the whole run (the module reads its configuration once per
+    process); tests use distinct key labels on it."""
+    from tests import softhsm
+
+    softhsm.init_token("securex-test")
+    return "securex-test"

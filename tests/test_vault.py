@@ -325,9 +325,8 @@ def test_passphrase_rotation_to_a_new_passphrase(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def hsm_token() -> Pkcs11Token:
-    softhsm.init_token("securex-test")
-    token = Pkcs11Token(softhsm.MODULE, "securex-test", softhsm.PIN)
+def hsm_token(softhsm_token) -> Pkcs11Token:
+    token = Pkcs11Token(softhsm.MODULE, softhsm_token, softhsm.PIN)
     yield token
     token.close()
 

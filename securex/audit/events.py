@@ -32,5 +32,8 @@ class EventType(StrEnum):
     VAULT_OBJECT_SHREDDED = "vault:object:shredded"
     VAULT_FILE_ENCRYPTED = "vault:file:encrypted"
     VAULT_FILE_DECRYPTED = "vault:file:decrypted"
+    # Signing
+    DOCUMENT_SIGNED = "signing:document:signed"
+    DOCUMENT_RENEWED = "signing:document:timestamp-renewed"
     # Instance
     INSTANCE_INITIALISED = "instance:instance:initialised"

@@ -80,7 +80,7 @@ class FilesystemBlobStore:
         try:
             return open(self._path(name), "rb")
         except FileNotFoundError:
-            raise IntegrityError("Objet chiffré introuvable dans le stockage.") from None
+            raise IntegrityError() from None  # the same answer as any other damage
 
     def delete(self, name: str) -> None:
         path = self._path(name)

@@ -198,7 +198,12 @@ class Pkcs11Token:
             try:
                 lib = pkcs11.lib(self.module)
                 token = lib.get_token(token_label=self.token_label)
-                self._session = token.open(user_pin=self.pin, rw=True)
+                try:
+                    self._session = token.open(user_pin=self.pin, rw=True)
+                except pkcs11.UserAlreadyLoggedIn:
+                    # PKCS#11 logins are per process: another session (the signer on
+                    # the same token) already logged this process in.
+                    self._session = token.open(rw=True)
             except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:
                 raise KeyUnavailable(
                     f"Jeton PKCS#11 « {self.token_label} » inaccessible "
@@ -221,11 +226,18 @@ class Pkcs11Token:
         return Pkcs11Key(self.session(), key, label, self.token_label)
 
     def labels(self, prefix: str) -> list[str]:
+        """Labels `<prefix>-<n>` exactly (not another instance's `<prefix>-x-<n>`),
+        oldest first by number."""
         import pkcs11
 
         found = self.session().get_objects({pkcs11.Attribute.CLASS: pkcs11.ObjectClass.SECRET_KEY})
-        labels = [str(obj.label) for obj in found]
-        return sorted(label for label in labels if label.startswith(prefix))
+        numbered = []
+        for obj in found:
+            label = str(obj.label)
+            head, _, number = label.rpartition("-")
+            if head == prefix and number.isdigit():
+                numbered.append((int(number), label))
+        return [label for _, label in sorted(numbered)]
 
     def generate(self, label: str) -> Pkcs11Key:
         import pkcs11
@@ -334,21 +346,22 @@ class MasterKeySource:
 
     def begin_rotation(self, new_passphrase: str | None = None) -> MasterKey:
         """Make the next master key, kept beside the current one until `finish_rotation`."""
+        # A pending key left by an interrupted rotation may already wrap tenant keys:
+        # it is reused, never replaced.
         if self.provider == "file":
             pending = self._pending(self.key_file)
-            pending.unlink(missing_ok=True)
+            if pending.exists():
+                return read_key_file(pending)
             return create_key_file(pending)
         if self.provider == "passphrase":
             pending = self._pending(self.params_file)
-            pending.unlink(missing_ok=True)
+            if pending.exists():
+                return read_passphrase_key(pending, new_passphrase or self._passphrase())
             return create_passphrase_key(pending, new_passphrase or self._passphrase())
         assert self.token is not None
-        numbers = [
-            int(lbl.rsplit("-", 1)[1])
-            for lbl in self.token.labels(self.key_label)
-            if lbl.rsplit("-", 1)[1].isdigit()
-        ]
-        return self.token.generate(f"{self.key_label}-{max(numbers, default=0) + 1}")
+        labels = self.token.labels(self.key_label)
+        last = int(labels[-1].rpartition("-")[2]) if labels else 0
+        return self.token.generate(f"{self.key_label}-{last + 1}")
 
     def finish_rotation(self, new: MasterKey, old: list[MasterKey]) -> None:
         """Once every tenant key is rewrapped and committed: retire the old keys."""

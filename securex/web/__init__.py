@@ -136,8 +136,10 @@ def _register_errors(app: Flask) -> None:
 
 
 def register(app: Flask, bp: Blueprint) -> None:
-    if isinstance(bp, ApiBlueprint):
-        csrf.exempt(bp)  # bearer tokens, no cookies: CSRF does not apply
+    # Bearer tokens (API) or anonymous machine protocols (OCSP, RFC 3161): no cookie
+    # carries any authority there, so CSRF does not apply.
+    if isinstance(bp, ApiBlueprint) or getattr(bp, "csrf_exempt", False):
+        csrf.exempt(bp)
     app.register_blueprint(bp)
 
 

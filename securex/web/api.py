@@ -75,6 +75,7 @@ class Operation:
     errors: tuple[int, ...]
     description: str = ""
     query: list[dict[str, Any]] = field(default_factory=list)
+    raw_body: str | None = None  # media type of a non-JSON body the view reads itself
 
 
 class ApiBlueprint(Blueprint):
@@ -97,6 +98,7 @@ class ApiBlueprint(Blueprint):
         auth: bool = True,
         errors: tuple[int, ...] = (),
         query: list[dict[str, Any]] | None = None,
+        raw_body: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             op = Operation(
@@ -112,6 +114,7 @@ class ApiBlueprint(Blueprint):
                 errors,
                 (fn.__doc__ or "").strip(),
                 query or [],
+                raw_body,
             )
             self.operations.append(op)
 
@@ -121,6 +124,8 @@ class ApiBlueprint(Blueprint):
                     g.api_client = _authenticate()
                 if op.body is not None:
                     kwargs["body"] = _parse_body(op.body)
+                if op.raw_body is not None and request.mimetype != op.raw_body:
+                    raise UnsupportedMediaType(f"Le corps doit être de type {op.raw_body}.")
                 result = fn(**kwargs)
                 headers: dict[str, str] = {}
                 status = op.status
@@ -232,6 +237,8 @@ def openapi_document(blueprints: list[ApiBlueprint]) -> dict[str, Any]:
                 codes.add(401)
             if op.body is not None:
                 codes |= {413, 415, 422}
+            if op.raw_body is not None:
+                codes |= {413, 415}
             for code in sorted(codes):
                 responses[str(code)] = {
                     "description": _STATUS_TEXT.get(code, "Erreur"),
@@ -252,6 +259,11 @@ def openapi_document(blueprints: list[ApiBlueprint]) -> dict[str, Any]:
                 entry["requestBody"] = {
                     "required": True,
                     "content": {"application/json": {"schema": ref(op.body)}},
+                }
+            if op.raw_body is not None:
+                entry["requestBody"] = {
+                    "required": True,
+                    "content": {op.raw_body: {"schema": {"type": "string", "format": "binary"}}},
                 }
             paths.setdefault(path, {})[op.method.lower()] = entry
     return {

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from flask import current_app, g
 from sqlalchemy import Engine
@@ -24,6 +25,9 @@ class AppState:
     policy: SecurityPolicy
     clock: Callable[[], datetime]
     vault: Vault
+    pki: Any = None  # the demo PKI (securex.signing.pki.DemoPki), if the instance has one
+    trust_roots: list[Any] = field(default_factory=list)
+    other_certs: list[Any] = field(default_factory=list)
 
 
 def state() -> AppState:

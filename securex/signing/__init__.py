@@ -1,0 +1,1 @@
+"""PAdES signing, the demo PKI and validation (no Flask)."""
