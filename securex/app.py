@@ -75,10 +75,17 @@ def create_app(
     from securex.accounts.api import bp as accounts_api
     from securex.accounts.views import bp as accounts_views
     from securex.web.api import meta
+    from securex.web.audit import api as audit_api
+    from securex.web.audit import checkpoint_after_request
     from securex.web.signing import api as signing_api
     from securex.web.signing import pki_bp, verify_bp
 
-    web.init_app(app, [accounts_views, accounts_api, meta, pki_bp, verify_bp, signing_api])
+    # Registered first so that it runs last, once the request's database session is
+    # released (SQLite's write lock) and the response is complete.
+    app.after_request(checkpoint_after_request)
+    web.init_app(
+        app, [accounts_views, accounts_api, meta, pki_bp, verify_bp, signing_api, audit_api]
+    )
 
     zone = ZoneInfo(settings["timezone"])
 

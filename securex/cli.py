@@ -27,7 +27,7 @@ from securex.accounts.models import ClientCategory, Role
 from securex.audit import EventType, record
 from securex.config import Settings, load_settings
 from securex.db import make_engine, make_sessionmaker, transaction, upgrade, utcnow
-from securex.errors import ConfigError, SecurexError
+from securex.errors import ConfigError, NotFound, SecurexError
 from securex.instance import SECRET_NAME, create_instance_secret, keys_dir, load_instance_secret
 from securex.vault import MasterKeySource, Vault, master_key_source, open_vault
 from securex.vault.models import VaultObject
@@ -172,6 +172,9 @@ def init(ctx: Context, demo: bool) -> None:
                 details={"demo": demo},
                 now=now,
             )
+            from securex.seal import SEAL_PURPOSE
+
+            ctx.vault.keyring.platform_secret(db, SEAL_PURPOSE, now=now, actor=str(ctx.actor))
             if demo:
                 credentials = _create_demo(db, ctx, now)
     except BaseException:
@@ -1000,25 +1003,147 @@ def audit() -> None:
     """Journal d'audit."""
 
 
+def _sealer(ctx: Context, db: Session) -> Any:
+    from securex.seal import sealer
+    from securex.signing.setup import load_demo_pki
+
+    return sealer(
+        ctx.settings, db, ctx.vault.keyring, load_demo_pki(ctx.settings.instance), utcnow()
+    )
+
+
+def _tsa_roots(ctx: Context) -> list[Any]:
+    from securex.seal import tsa_roots
+    from securex.signing.setup import load_demo_pki
+
+    return tsa_roots(ctx.settings, load_demo_pki(ctx.settings.instance))
+
+
 @audit.command("verify")
 @pass_ctx
 def audit_verify(ctx: Context) -> None:
-    """Recalculer le chaînage du journal ; code de sortie 1 si une ligne a été altérée."""
+    """Recalculer le chaînage et l'arbre de Merkle du journal, vérifier chaque point de
+    contrôle (signature, horodatage, cohérence) ; code de sortie 1 à la moindre anomalie."""
     from securex.audit import verify_chain
+    from securex.audit.models import AuditCheckpoint
+    from securex.audit.proofs import verify_checkpoints
 
     load_instance_secret(ctx.settings.instance)
+    with ctx.tx() as db:
+        verifier = _sealer(ctx, db).verifier
     try:
         with ctx.factory() as s:  # no transaction begun: verify_chain takes one snapshot
-            report = verify_chain(s)
+            sizes = set(s.scalars(select(AuditCheckpoint.size)))
+            s.rollback()
+            report = verify_chain(s, at_sizes=sizes)
+            report.problems += verify_checkpoints(s, verifier, report.roots, _tsa_roots(ctx))
     except DBAPIError as exc:
         raise ConfigError(f"Base de données injoignable : {exc.orig.__class__.__name__}.") from None
     if report.ok:
-        click.echo(f"Journal d'audit intègre : {report.size} événements.")
+        click.echo(
+            f"Journal d'audit intègre : {report.size} événements, "
+            f"{len(sizes)} point(s) de contrôle vérifié(s)."
+        )
         return
     click.secho(f"Journal d'audit ALTÉRÉ ({len(report.problems)} anomalies) :", fg="red", err=True)
     for line in report.problems[:100]:
         click.echo(f"  - {line}", err=True)
     sys.exit(1)
+
+
+@audit.command("checkpoint")
+@pass_ctx
+def audit_checkpoint(ctx: Context) -> None:
+    """Signer et horodater maintenant un point de contrôle du journal."""
+    from securex.audit.proofs import create_checkpoint
+
+    with ctx.tx() as db:
+        row = create_checkpoint(db, _sealer(ctx, db), now=utcnow())
+        if row is None:
+            click.echo("Rien de nouveau depuis le dernier point de contrôle.")
+            return
+        click.echo(row.note, nl=False)
+
+
+@audit.command("public-key")
+@pass_ctx
+def audit_public_key(ctx: Context) -> None:
+    """Afficher la clé de vérification des points de contrôle (à remettre aux témoins)."""
+    with ctx.tx() as db:
+        click.echo(_sealer(ctx, db).verifier)
+
+
+@audit.command("proof")
+@click.argument("event_id", type=click.IntRange(1))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Écrire la preuve dans ce fichier (sinon : sortie standard).",
+)
+@pass_ctx
+def audit_proof(ctx: Context, event_id: int, output: Path | None) -> None:
+    """Preuve d'inclusion d'un événement dans le journal, vérifiable hors ligne."""
+    from securex.audit.proofs import checkpoint_covering, create_checkpoint, event_proof
+
+    with ctx.tx() as db:
+        seal = _sealer(ctx, db)
+        checkpoint = checkpoint_covering(db, event_id) or create_checkpoint(db, seal, now=utcnow())
+        if checkpoint is None or checkpoint.size < event_id:
+            raise NotFound(f"Aucun événement n° {event_id} dans le journal.")
+        bundle = event_proof(db, event_id, checkpoint, seal.verifier)
+    text = json.dumps(bundle, ensure_ascii=False, indent=2)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+        click.echo(f"Preuve écrite : {output}")
+    else:
+        click.echo(text)
+
+
+@audit.command("check-proof")
+@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--key",
+    "key",
+    default=None,
+    help="Clé de vérification de la plateforme (« securex audit public-key »). "
+    "Par défaut : celle de cette instance.",
+)
+@click.option(
+    "--tsa-roots",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM des racines de l'horodateur, pour vérifier aussi l'horodatage.",
+)
+def audit_check_proof(proof_file: Path, key: str | None, tsa_roots: Path | None) -> None:
+    """Vérifier hors ligne une preuve avec le seul fichier et la clé publique."""
+    from asn1crypto import pem
+    from asn1crypto import x509 as asn1_x509
+
+    from securex.audit.merkle import ProofError
+    from securex.audit.proofs import check_proof
+
+    if key is None:
+        ctx = click.get_current_context().ensure_object(Context)
+        with ctx.tx() as db:
+            key = _sealer(ctx, db).verifier
+    roots = []
+    if tsa_roots is not None:
+        roots = [
+            asn1_x509.Certificate.load(der)
+            for _, _, der in pem.unarmor(tsa_roots.read_bytes(), multiple=True)
+        ]
+    try:
+        bundle = json.loads(proof_file.read_text(encoding="utf-8"))
+        checkpoint = check_proof(bundle, key, roots)
+    except (ValueError, ProofError) as exc:
+        click.secho(f"Preuve INVALIDE : {exc}", fg="red", err=True)
+        sys.exit(1)
+    event = json.loads(bundle["event"])
+    click.echo(
+        f"Preuve valide : l'événement n° {event['id']} ({event['action']}) figure dans "
+        f"le journal « {checkpoint.origin} » de {checkpoint.size} événements."
+    )
 
 
 @main.command()

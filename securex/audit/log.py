@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -13,7 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from securex.audit.events import EventType
-from securex.audit.models import GENESIS, AuditEvent, AuditHead
+from securex.audit.merkle import leaf_hash
+from securex.audit.models import GENESIS, AuditEvent, AuditHead, AuditNode
+from securex.audit.tree import append, fold_frontier, frontier_root, push
 
 FORMAT_VERSION = 1
 _SCALARS = (str, int, bool, type(None))
@@ -35,19 +37,40 @@ def _timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def encode(
+    event_id: int,
+    recorded_at: datetime,
+    tenant: str | None,
+    actor: str,
+    action: str,
+    subject: str,
+    details: str,
+) -> bytes:
+    """The canonical encoding (docs/audit-format.md): JSON, keys sorted, no spaces, UTF-8.
+    `details` is the stored details text, itself canonical JSON, inserted as is."""
+    text = (
+        f'{{"action":{_json(action)},"actor":{_json(actor)},"at":"{_timestamp(recorded_at)}",'
+        f'"details":{details},"id":{event_id},"subject":{_json(subject)},'
+        f'"tenant":{_json(tenant)},"v":{FORMAT_VERSION}}}'
+    )
+    return text.encode()
+
+
+def _json(value: str | None) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
 def canonical_encoding(event: AuditEvent) -> bytes:
-    """The bytes that the chain (and later the Merkle tree) commits to."""
-    body = {
-        "v": FORMAT_VERSION,
-        "id": event.id,
-        "at": _timestamp(event.recorded_at),
-        "tenant": event.tenant,
-        "actor": event.actor,
-        "action": event.action,
-        "subject": event.subject,
-        "details": json.loads(event.details),
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes that the hash chain and the Merkle tree commit to."""
+    return encode(
+        event.id,
+        event.recorded_at,
+        event.tenant,
+        event.actor,
+        event.action,
+        event.subject,
+        event.details,
+    )
 
 
 def chain_value(prev_hash: bytes, data: bytes) -> bytes:
@@ -59,7 +82,7 @@ def _head(session: Session) -> AuditHead:
         select(AuditHead).where(AuditHead.id == 1).with_for_update()
     ).scalar_one_or_none()
     if head is None:
-        head = AuditHead(id=1, size=0, last_hash=GENESIS)
+        head = AuditHead(id=1, size=0, last_hash=GENESIS, frontier=b"")
         session.add(head)
         session.flush()
     return head
@@ -90,8 +113,10 @@ def record(
         details=json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
         prev_hash=head.last_hash,
     )
-    event.entry_hash = chain_value(head.last_hash, canonical_encoding(event))
+    data = canonical_encoding(event)
+    event.entry_hash = chain_value(head.last_hash, data)
     session.add(event)
+    append(session, head, leaf_hash(data))
     head.size = event.id
     head.last_hash = event.entry_hash
     session.flush()
@@ -100,55 +125,91 @@ def record(
 
 @dataclass
 class ChainReport:
-    """What `verify_chain` found: `problems` is empty when the log is intact."""
+    """What `verify_chain` found: `problems` is empty when the log is intact. `roots`
+    holds the tree roots recomputed from the events at the sizes asked for."""
 
     size: int = 0
     problems: list[str] = field(default_factory=list)
+    roots: dict[int, bytes] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
-def verify_chain(session: Session, batch: int = 5000) -> ChainReport:
-    """Recompute every chain value from the columns, in order, and compare with the
-    stored ones and the head. Streams the table; memory stays flat. Given a session
-    that has not begun its transaction yet, it reads one snapshot (on PostgreSQL,
-    REPEATABLE READ), so that events appended meanwhile are not taken for a
+def verify_chain(
+    session: Session, batch: int = 5000, at_sizes: Collection[int] = ()
+) -> ChainReport:
+    """Recompute, from the events' columns and in order, every chain value and every
+    Merkle leaf, and the tree's root; compare with what is stored (chain values, level-0
+    nodes, the head). Streams the table; memory stays flat (O(log n) for the tree).
+    Given a session that has not begun its transaction yet, it reads one snapshot (on
+    PostgreSQL, REPEATABLE READ), so that events appended meanwhile are not taken for a
     truncated tail."""
     if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
-        # One snapshot for the rows and the head, or an event appended meanwhile would
-        # look like a truncated log. (SQLite transactions here are already serialised.)
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
     report = ChainReport()
+    wanted = set(at_sizes)
     prev = GENESIS
     expected_id = 1
-    rows = session.execute(
-        select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=batch)
-    ).scalars()
-    for event in rows:
-        if event.id != expected_id:
-            report.problems.append(
-                f"événement {expected_id} : absent (suivant trouvé : {event.id})"
-            )
-            expected_id = event.id
-        if event.prev_hash != prev:
-            report.problems.append(f"événement {event.id} : chaînage rompu avec le précédent")
-        try:
-            computed = chain_value(prev, canonical_encoding(event))
-        except (ValueError, TypeError):
-            computed = b""
-        if computed != event.entry_hash:
-            report.problems.append(f"événement {event.id} : contenu modifié")
-        prev = event.entry_hash
+    frontier: dict[int, bytes] = {}
+    events = session.execute(
+        select(
+            AuditEvent.id,
+            AuditEvent.recorded_at,
+            AuditEvent.tenant,
+            AuditEvent.actor,
+            AuditEvent.action,
+            AuditEvent.subject,
+            AuditEvent.details,
+            AuditEvent.prev_hash,
+            AuditEvent.entry_hash,
+        )
+        .order_by(AuditEvent.id)
+        .execution_options(yield_per=batch)
+    )
+    leaves = iter(
+        session.execute(
+            select(AuditNode.idx, AuditNode.hash)
+            .where(AuditNode.level == 0)
+            .order_by(AuditNode.idx)
+            .execution_options(yield_per=batch)
+        )
+    )
+    problems = report.problems
+    for event_id, at, tenant, actor, action, subject, details, prev_hash, entry_hash in events:
+        if event_id != expected_id:
+            problems.append(f"événement {expected_id} : absent (suivant trouvé : {event_id})")
+            expected_id = event_id
+        if prev_hash != prev:
+            problems.append(f"événement {event_id} : chaînage rompu avec le précédent")
+        data = encode(event_id, at, tenant, actor, action, subject, details)
+        if chain_value(prev, data) != entry_hash:
+            problems.append(f"événement {event_id} : contenu modifié")
+        leaf = leaf_hash(data)
+        stored = next(leaves, None)
+        if stored is None or stored[0] != report.size or stored[1] != leaf:
+            problems.append(f"événement {event_id} : feuille de l'arbre de Merkle différente")
+        push(frontier, report.size, leaf)
+        prev = entry_hash
         expected_id += 1
         report.size += 1
-        session.expunge(event)
+        if report.size in wanted:
+            report.roots[report.size] = fold_frontier(frontier)
+    if next(leaves, None) is not None:
+        problems.append("arbre de Merkle : feuilles sans événement")
     head = session.get(AuditHead, 1)
     head_size, head_hash = (head.size, head.last_hash) if head else (0, GENESIS)
     if head_size != report.size or head_hash != prev:
-        report.problems.append(
+        problems.append(
             f"tête du journal : {head_size} événements annoncés, {report.size} trouvés "
             "(événements supprimés en fin de journal ?)"
         )
+    elif head is not None:
+        try:
+            stored_root = frontier_root(head.size, head.frontier)
+        except ValueError:
+            stored_root = b""
+        if stored_root != fold_frontier(frontier):
+            problems.append("tête du journal : racine de l'arbre de Merkle différente")
     return report

@@ -25,6 +25,7 @@ from securex.vault.models import TenantKey, TenantSubkey, VaultObject
 
 NONCE = 12
 SUBKEY_PURPOSES = ("columns", "index")
+PLATFORM = "*"  # pseudo-tenant holding the platform's own secrets
 Progress = Callable[[int], None]
 
 
@@ -177,6 +178,33 @@ class Keyring:
         )
         self._subkeys[(tenant, purpose)] = key
         return key
+
+    def platform_secret(self, db: Session, purpose: str, *, now: datetime, actor: str) -> bytes:
+        """A 32-byte secret of the platform itself (not of a commune), e.g. the seed of
+        the audit log's seal key: kept like a tenant subkey of the pseudo-tenant
+        `PLATFORM`, so it follows rotations and never leaves the vault unwrapped."""
+        self.ensure_tenant(db, PLATFORM, now=now, actor=actor)
+        exists = db.scalar(
+            select(TenantSubkey.id).where(
+                TenantSubkey.tenant == PLATFORM, TenantSubkey.purpose == purpose
+            )
+        )
+        if exists is None:
+            version = self.current_version(db, PLATFORM)
+            db.add(
+                TenantSubkey(
+                    tenant=PLATFORM,
+                    purpose=purpose,
+                    key_version=version,
+                    wrapped=_wrap(
+                        self.tenant_key(db, PLATFORM, version),
+                        secrets.token_bytes(32),
+                        subkey_context(PLATFORM, purpose, version),
+                    ),
+                )
+            )
+            db.flush()
+        return self.subkey(db, PLATFORM, purpose)
 
     # --- rotation ----------------------------------------------------------------
 
