@@ -779,6 +779,16 @@ def pki_issue(ctx: Context, email: str, key_type: str) -> None:
             raise ConfigError(f"{email} n'est pas officier de l'état civil.")
         who = _officer_identity(user)
     cert = _load_pki(ctx).issue_officer(who, key_type=key_type, now=utcnow())
+    with ctx.tx() as db:
+        record(
+            db,
+            EventType.CERTIFICATE_ISSUED,
+            actor=str(ctx.actor),
+            subject=f"certificate:{cert.serial_number:x}",
+            tenant=who.insee or None,
+            details={"key_type": key_type},
+            now=utcnow(),
+        )
     click.echo(f"Certificat délivré à {email} (n° de série {cert.serial_number:x}).")
 
 
@@ -790,6 +800,14 @@ def pki_revoke(ctx: Context, email: str) -> None:
     authority = _load_pki(ctx)
     cert, _ = authority.officer(email)
     authority.revoke(cert.serial_number, now=utcnow())
+    with ctx.tx() as db:
+        record(
+            db,
+            EventType.CERTIFICATE_REVOKED,
+            actor=str(ctx.actor),
+            subject=f"certificate:{cert.serial_number:x}",
+            now=utcnow(),
+        )
     click.echo(f"Certificat de {email} révoqué (n° de série {cert.serial_number:x}).")
 
 
@@ -939,7 +957,6 @@ def sign_renew(ctx: Context, files: tuple[Path, ...], margin_days: int, force: b
     authority = None if ctx.settings["signing.tsa_url"] else _load_pki(ctx)
     now = utcnow()
     stamper = timestamper(ctx.settings, authority)
-    contexts = validation_context_factory(ctx.settings, authority, now)
     renewed, refused = 0, 0
     for path in files:
         data = path.read_bytes()
@@ -952,9 +969,20 @@ def sign_renew(ctx: Context, files: tuple[Path, ...], margin_days: int, force: b
         if reason is None and not force:
             click.echo(f"À jour : {path}")
             continue
-        fresh = pades.renew(data, stamper, contexts())
+        # Only this document's signer's revocation data goes into its DSS.
+        signer = pades.signer_certificate(data)
+        contexts = validation_context_factory(ctx.settings, authority, now, signer)
+        try:
+            fresh = pades.renew(data, stamper, contexts())
+        except SecurexError as exc:
+            click.echo(f"Refusé : {path} : {exc.detail}", err=True)
+            refused += 1
+            continue
         tmp = _atomic_output(path.with_name(path.name + ".renew"))
-        tmp.write_bytes(fresh)
+        with open(tmp, "xb") as fh:
+            fh.write(fresh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
         renewed += 1
         with ctx.tx() as db:

@@ -406,3 +406,44 @@ def test_init_refuses_a_database_of_another_instance(run, tmp_path):
     result = CliRunner().invoke(main, ["init"], env=env)
     assert result.exit_code == 78 and "keys/" in result.output
     assert not (tmp_path / "second" / "keys" / "instance.key").exists()
+
+
+def test_audit_checkpoint_proof_and_offline_check(run, tmp_path):
+    run("init", "--demo")
+    note = run("audit", "checkpoint").output
+    assert "/securex-audit\n" in note and "\u2014 " in note
+    assert "Rien de nouveau" in run("audit", "checkpoint").output
+    key = run("audit", "public-key").output.strip()
+    proof = tmp_path / "proof.json"
+    run("audit", "proof", "3", "-o", str(proof))
+    roots = tmp_path / "roots.pem"
+    roots.write_text(run("pki", "roots").output)
+    # Offline: nothing but the file, the platform's key (and the TSA's roots).
+    offline = CliRunner().invoke(
+        main,
+        ["audit", "check-proof", str(proof), "--key", key, "--tsa-roots", str(roots)],
+        env={"SECUREX_INSTANCE": str(tmp_path / "nowhere"), "SECUREX_CONFIG": ""},
+    )
+    assert offline.exit_code == 0 and "Preuve valide" in offline.output
+    data = json.loads(proof.read_text())
+    data["event"] = data["event"].replace('"id":3', '"id":4')
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    result = run("audit", "check-proof", str(bad), "--key", key, ok=False)
+    assert result.exit_code == 1 and "INVALIDE" in result.output
+    assert "point(s) de contrôle vérifié(s)" in run("audit", "verify").output
+    assert run("audit", "proof", "99999", ok=False).exit_code == 66
+
+
+def test_audit_verify_detects_a_forged_checkpoint(run):
+    run("init", "--demo")
+    run("audit", "checkpoint")
+    engine = make_engine(run.url)
+    with engine.begin() as conn:
+        note = conn.execute(text("SELECT note FROM audit_checkpoints")).scalar_one()
+        size = note.split("\n")[1]
+        forged = note.replace(f"\n{size}\n", f"\n{int(size) + 5}\n")
+        conn.execute(text("UPDATE audit_checkpoints SET note = :n"), {"n": forged})
+    engine.dispose()
+    result = run("audit", "verify", ok=False)
+    assert result.exit_code == 1 and "point de contrôle" in result.output

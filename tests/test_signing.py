@@ -602,29 +602,22 @@ def test_validate_api(demo_app, tmp_path):
 
 
 def test_public_verification_page(demo_app, tmp_path):
-    from tests.conftest import csrf_token
-
     app, env = demo_app
     client = app.test_client()
     page = client.get("/verifier")
     assert page.status_code == 200 and "Vérifier un document signé" in page.get_data(True)
+    assert "Set-Cookie" not in page.headers  # anonymous visits leave nothing behind
     signed = _signed_copy(env, tmp_path, "B-B")
     answer = client.post(
         "/verifier",
-        data={
-            "csrf_token": csrf_token(page.get_data(as_text=True)),
-            "document": (io.BytesIO(signed), "copie.pdf"),
-        },
+        data={"document": (io.BytesIO(signed), "copie.pdf")},
         content_type="multipart/form-data",
     )
     html = answer.get_data(as_text=True)
     assert answer.status_code == 200
     assert "Toutes les signatures sont valides" in html and "Officier de Mont-de-Marsan" in html
-    missing = client.post(
-        "/verifier",
-        data={"csrf_token": csrf_token(page.get_data(as_text=True))},
-        content_type="multipart/form-data",
-    )
+    assert "Set-Cookie" not in answer.headers
+    missing = client.post("/verifier", data={}, content_type="multipart/form-data")
     assert missing.status_code == 400 and "Choisissez un fichier PDF" in missing.get_data(True)
 
 
@@ -671,3 +664,22 @@ def test_long_term_signature_carries_only_its_own_revocation_data(demo, tmp_path
     }
     signer = reader.embedded_regular_signatures[0].signer_cert.serial_number
     assert signer in serials and len(serials) == 2
+
+
+def test_renewal_adds_only_the_signers_revocation_data(demo, tmp_path):
+    from asn1crypto import ocsp
+
+    _, env, _ = demo
+    (tmp_path / "in.pdf").write_bytes(one_page_pdf())
+    lta = tmp_path / "lta.pdf"
+    run(env, "sign", str(tmp_path / "in.pdf"), "-o", str(lta), "--level", "B-LTA")
+    run(env, "sign", "renew", str(lta), "--force")
+    reader = PdfFileReader(io.BytesIO(lta.read_bytes()))
+    dss = reader.root["/DSS"].get_object()
+    serials = {
+        ocsp.OCSPResponse.load(o.get_object().data)
+        .basic_ocsp_response["tbs_response_data"]["responses"][0]["cert_id"]["serial_number"]
+        .native
+        for o in dss["/OCSPs"]
+    }
+    assert len(serials) == 2  # the officer's and the TSA's, not the other officer's

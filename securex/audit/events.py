@@ -33,6 +33,8 @@ class EventType(StrEnum):
     VAULT_FILE_ENCRYPTED = "vault:file:encrypted"
     VAULT_FILE_DECRYPTED = "vault:file:decrypted"
     # Signing
+    CERTIFICATE_ISSUED = "signing:certificate:issued"
+    CERTIFICATE_REVOKED = "signing:certificate:revoked"
     DOCUMENT_SIGNED = "signing:document:signed"
     DOCUMENT_RENEWED = "signing:document:timestamp-renewed"
     # Instance

@@ -168,14 +168,13 @@ def verify_chain(
         .order_by(AuditEvent.id)
         .execution_options(yield_per=batch)
     )
-    leaves = iter(
-        session.execute(
-            select(AuditNode.idx, AuditNode.hash)
-            .where(AuditNode.level == 0)
-            .order_by(AuditNode.idx)
-            .execution_options(yield_per=batch)
-        )
+    leaves_result = session.execute(
+        select(AuditNode.idx, AuditNode.hash)
+        .where(AuditNode.level == 0)
+        .order_by(AuditNode.idx)
+        .execution_options(yield_per=batch)
     )
+    leaves = iter(leaves_result)
     problems = report.problems
     for event_id, at, tenant, actor, action, subject, details, prev_hash, entry_hash in events:
         if event_id != expected_id:
@@ -198,6 +197,8 @@ def verify_chain(
             report.roots[report.size] = fold_frontier(frontier)
     if next(leaves, None) is not None:
         problems.append("arbre de Merkle : feuilles sans événement")
+    leaves_result.close()  # server-side cursors on PostgreSQL
+    events.close()
     head = session.get(AuditHead, 1)
     head_size, head_hash = (head.size, head.last_hash) if head else (0, GENESIS)
     if head_size != report.size or head_hash != prev:

@@ -218,6 +218,14 @@ def sign(data: bytes, setup: SigningSetup, appearance: Appearance, now: datetime
 WEAK_DIGESTS = {"md5", "sha1"}
 
 
+def signer_certificate(data: bytes) -> x509.Certificate | None:
+    """The certificate of a document's first signature, if it has one."""
+    signatures = inspect(data).embedded_regular_signatures
+    if not signatures:
+        return None
+    return x509.load_der_x509_certificate(signatures[0].signer_cert.dump())
+
+
 def renewal_reason(data: bytes, now: datetime, margin: timedelta) -> str | None:
     """Why this document needs a fresh archival timestamp now, or None: its last
     document timestamp's TSA certificate expires within `margin`, or uses a digest that

@@ -3,9 +3,11 @@ server-side sessions, CSRF, the login manager."""
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
+import flask
 from flask import Blueprint, Flask, Response, render_template, request
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
@@ -143,7 +145,22 @@ def register(app: Flask, bp: Blueprint) -> None:
     app.register_blueprint(bp)
 
 
+class Request(flask.Request):
+    """Uploaded files stay in memory (bounded by the request size limit): a document a
+    person sends is never spooled to a temporary file in clear."""
+
+    def _get_file_stream(
+        self,
+        total_content_length: int | None,
+        content_type: str | None,
+        filename: str | None = None,
+        content_length: int | None = None,
+    ) -> Any:
+        return io.BytesIO()
+
+
 def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
+    app.request_class = Request
     app.session_interface = DbSessionInterface()
     csrf.init_app(app)
     login_manager.init_app(app)

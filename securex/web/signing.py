@@ -21,6 +21,9 @@ from securex.web.context import now, state
 pki_bp = Blueprint("pki", __name__, url_prefix="/pki")
 pki_bp.csrf_exempt = True  # type: ignore[attr-defined]
 verify_bp = Blueprint("verify", __name__)
+# Anyone may check a document; no cookie carries authority there. Without a CSRF token
+# the page needs no session, so anonymous visits write nothing to the database.
+verify_bp.csrf_exempt = True  # type: ignore[attr-defined]
 api = ApiBlueprint("signing_api", __name__, tag="signature")
 
 
@@ -127,6 +130,9 @@ def validate() -> ValidationReport:
 
 
 class UploadForm(FlaskForm):
+    class Meta:
+        csrf = False
+
     document = FileField(
         "Document PDF signé", validators=[FileRequired("Choisissez un fichier PDF.")]
     )
