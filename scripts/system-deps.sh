@@ -9,6 +9,7 @@ pdfsig:poppler-utils
 qpdf:qpdf
 certutil:libnss3-tools
 openssl:openssl
+/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
 "
 missing=""
 for entry in $NEEDED; do

@@ -1174,6 +1174,97 @@ def audit_check_proof(proof_file: Path, key: str | None, tsa_roots: Path | None)
     )
 
 
+@audit.command("evidence")
+@click.argument("subject")
+@click.option(
+    "-o",
+    "--output",
+    "outdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Dossier où écrire evidence.json et evidence.pdf.",
+)
+@pass_ctx
+def audit_evidence(ctx: Context, subject: str, outdir: Path) -> None:
+    """Dossier de preuve d'un sujet du journal (acte, demande, pli, document) : ses
+    événements avec leurs preuves, en JSON et en PDF horodaté."""
+    from securex.audit.evidence import build_evidence, render_pdf
+    from securex.audit.proofs import create_checkpoint, latest_checkpoint
+    from securex.seal import origin
+    from securex.signing import pades
+
+    now = utcnow()
+    with ctx.tx() as db:
+        seal = _sealer(ctx, db)
+        create_checkpoint(db, seal, now=now)
+        checkpoint = latest_checkpoint(db)
+        if checkpoint is None:
+            raise NotFound("Le journal est vide.")
+        evidence = build_evidence(db, subject, checkpoint, seal.verifier, now)
+        if not evidence["events"]:
+            raise NotFound(f"Aucun événement pour « {subject} » dans le journal.")
+        record(
+            db,
+            EventType.EVIDENCE_ISSUED,
+            actor=str(ctx.actor),
+            subject=subject,
+            details={"events": len(evidence["events"]), "checkpoint": checkpoint.size},
+            now=now,
+        )
+        pdf = render_pdf(evidence, origin(ctx.settings))
+        if seal.timestamper is not None:
+            pdf = pades.timestamp_document(pdf, seal.timestamper)
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "evidence.json").write_text(
+        json.dumps(evidence, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+    )
+    (outdir / "evidence.pdf").write_bytes(pdf)
+    click.echo(
+        f"Dossier de preuve ({len(evidence['events'])} événement(s)) : "
+        f"{outdir / 'evidence.pdf'} et {outdir / 'evidence.json'}"
+    )
+
+
+@audit.command("check-evidence")
+@click.argument("evidence_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key", default=None, help="Clé de vérification de la plateforme.")
+@click.option(
+    "--tsa-roots",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM des racines de l'horodateur.",
+)
+def audit_check_evidence(evidence_file: Path, key: str | None, tsa_roots: Path | None) -> None:
+    """Vérifier hors ligne un dossier de preuve (evidence.json)."""
+    from asn1crypto import pem
+    from asn1crypto import x509 as asn1_x509
+
+    from securex.audit.evidence import check_evidence
+    from securex.audit.merkle import ProofError
+
+    if key is None:
+        ctx = click.get_current_context().ensure_object(Context)
+        with ctx.tx() as db:
+            key = _sealer(ctx, db).verifier
+    roots = []
+    if tsa_roots is not None:
+        roots = [
+            asn1_x509.Certificate.load(der)
+            for _, _, der in pem.unarmor(tsa_roots.read_bytes(), multiple=True)
+        ]
+    try:
+        evidence = json.loads(evidence_file.read_text(encoding="utf-8"))
+        checkpoint = check_evidence(evidence, key, roots)
+    except (ValueError, ProofError) as exc:
+        click.secho(f"Dossier INVALIDE : {exc}", fg="red", err=True)
+        sys.exit(1)
+    click.echo(
+        f"Dossier valide : {len(evidence['events'])} événement(s) sur "
+        f"« {evidence['subject']} » figurent dans le journal « {checkpoint.origin} » "
+        f"({checkpoint.size} événements)."
+    )
+
+
 @main.command()
 @click.argument("email")
 @pass_ctx

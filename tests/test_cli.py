@@ -447,3 +447,37 @@ def test_audit_verify_detects_a_forged_checkpoint(run):
     engine.dispose()
     result = run("audit", "verify", ok=False)
     assert result.exit_code == 1 and "point de contrôle" in result.output
+
+
+def test_evidence_file_for_a_subject(run, tmp_path):
+    run("init", "--demo")
+    run("user", "disable", "agent.dax@demo.securex.fr")
+    run("user", "enable", "agent.dax@demo.securex.fr")
+    engine = make_engine(run.url)
+    with engine.connect() as conn:
+        subject = conn.execute(
+            text("SELECT subject FROM audit_events WHERE action = 'accounts:user:enabled'")
+        ).scalar()
+    engine.dispose()
+    out = tmp_path / "dossier"
+    assert "3 événement(s)" in run("audit", "evidence", subject, "-o", str(out)).output
+    evidence = json.loads((out / "evidence.json").read_text())
+    assert evidence["subject"] == subject and len(evidence["events"]) == 3
+    pdf = (out / "evidence.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and b"evidence.json" in pdf
+    key = run("audit", "public-key").output.strip()
+    assert (
+        "Dossier valide"
+        in run("audit", "check-evidence", str(out / "evidence.json"), "--key", key).output
+    )
+    # A listed event of another subject, or an edited one, makes the dossier invalid.
+    foreign = json.loads(run("audit", "proof", "2").output)
+    evidence["events"].append({k: foreign[k] for k in ("event", "leaf_index", "inclusion")})
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(evidence))
+    result = run("audit", "check-evidence", str(bad), "--key", key, ok=False)
+    assert result.exit_code == 1 and "INVALIDE" in result.output
+    assert (
+        run("audit", "evidence", "nothing:here", "-o", str(tmp_path / "x"), ok=False).exit_code
+        == 66
+    )

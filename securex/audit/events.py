@@ -37,5 +37,7 @@ class EventType(StrEnum):
     CERTIFICATE_REVOKED = "signing:certificate:revoked"
     DOCUMENT_SIGNED = "signing:document:signed"
     DOCUMENT_RENEWED = "signing:document:timestamp-renewed"
+    # Audit
+    EVIDENCE_ISSUED = "audit:evidence:issued"
     # Instance
     INSTANCE_INITIALISED = "instance:instance:initialised"

@@ -215,6 +215,19 @@ def sign(data: bytes, setup: SigningSetup, appearance: Appearance, now: datetime
     return out.getvalue()
 
 
+def timestamp_document(data: bytes, timestamper: TimeStamper) -> bytes:
+    """Seal a PDF the platform produced (an evidence file) with a document timestamp."""
+    inspect(data)
+    out = io.BytesIO()
+    try:
+        signers.PdfTimeStamper(timestamper).timestamp_pdf(
+            IncrementalPdfFileWriter(io.BytesIO(data), strict=True), "sha256", output=out
+        )
+    except SigningError as exc:
+        raise SigningRefused(f"Horodatage impossible : {exc}") from None
+    return out.getvalue()
+
+
 WEAK_DIGESTS = {"md5", "sha1"}
 
 
