@@ -1064,7 +1064,9 @@ def audit_verify(ctx: Context) -> None:
             sizes = set(s.scalars(select(AuditCheckpoint.size)))
             s.rollback()
             report = verify_chain(s, at_sizes=sizes)
-            report.problems += verify_checkpoints(s, verifier, report.roots, _tsa_roots(ctx))
+            report.problems += verify_checkpoints(
+                s, verifier, report.roots, _tsa_roots(ctx), log_size=report.size
+            )
     except DBAPIError as exc:
         raise ConfigError(f"Base de données injoignable : {exc.orig.__class__.__name__}.") from None
     if report.ok:
@@ -1128,6 +1130,21 @@ def audit_proof(ctx: Context, event_id: int, output: Path | None) -> None:
         click.echo(text)
 
 
+def _read_roots(path: Path | None) -> list[Any]:
+    from asn1crypto import pem
+    from asn1crypto import x509 as asn1_x509
+
+    if path is None:
+        return []
+    try:
+        return [
+            asn1_x509.Certificate.load(der)
+            for _, _, der in pem.unarmor(path.read_bytes(), multiple=True)
+        ]
+    except (ValueError, TypeError):
+        raise ConfigError(f"{path} n'est pas un fichier PEM de certificats.") from None
+
+
 @audit.command("check-proof")
 @click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option(
@@ -1145,9 +1162,6 @@ def audit_proof(ctx: Context, event_id: int, output: Path | None) -> None:
 )
 def audit_check_proof(proof_file: Path, key: str | None, tsa_roots: Path | None) -> None:
     """Vérifier hors ligne une preuve avec le seul fichier et la clé publique."""
-    from asn1crypto import pem
-    from asn1crypto import x509 as asn1_x509
-
     from securex.audit.merkle import ProofError
     from securex.audit.proofs import check_proof
 
@@ -1155,12 +1169,7 @@ def audit_check_proof(proof_file: Path, key: str | None, tsa_roots: Path | None)
         ctx = click.get_current_context().ensure_object(Context)
         with ctx.tx() as db:
             key = _sealer(ctx, db).verifier
-    roots = []
-    if tsa_roots is not None:
-        roots = [
-            asn1_x509.Certificate.load(der)
-            for _, _, der in pem.unarmor(tsa_roots.read_bytes(), multiple=True)
-        ]
+    roots = _read_roots(tsa_roots)
     try:
         bundle = json.loads(proof_file.read_text(encoding="utf-8"))
         checkpoint = check_proof(bundle, key, roots)
@@ -1236,9 +1245,6 @@ def audit_evidence(ctx: Context, subject: str, outdir: Path) -> None:
 )
 def audit_check_evidence(evidence_file: Path, key: str | None, tsa_roots: Path | None) -> None:
     """Vérifier hors ligne un dossier de preuve (evidence.json)."""
-    from asn1crypto import pem
-    from asn1crypto import x509 as asn1_x509
-
     from securex.audit.evidence import check_evidence
     from securex.audit.merkle import ProofError
 
@@ -1246,12 +1252,7 @@ def audit_check_evidence(evidence_file: Path, key: str | None, tsa_roots: Path |
         ctx = click.get_current_context().ensure_object(Context)
         with ctx.tx() as db:
             key = _sealer(ctx, db).verifier
-    roots = []
-    if tsa_roots is not None:
-        roots = [
-            asn1_x509.Certificate.load(der)
-            for _, _, der in pem.unarmor(tsa_roots.read_bytes(), multiple=True)
-        ]
+    roots = _read_roots(tsa_roots)
     try:
         evidence = json.loads(evidence_file.read_text(encoding="utf-8"))
         checkpoint = check_evidence(evidence, key, roots)

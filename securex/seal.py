@@ -12,14 +12,20 @@ from asn1crypto import x509 as asn1_x509
 from sqlalchemy.orm import Session
 
 from securex.audit.proofs import Sealer, checkpoint_due, create_checkpoint
+from securex.errors import ConfigError
 from securex.vault import Keyring
 
 SEAL_PURPOSE = "audit-seal"
 
 
 def origin(settings: Any) -> str:
+    """The log's name in its checkpoints. It must not change once a checkpoint is
+    signed: earlier checkpoints are signed under it (see docs/operations.md)."""
     configured = str(settings["audit.origin"])
-    return configured or f"{urlsplit(settings['base_url']).netloc}/securex-audit"
+    name = configured or f"{urlsplit(settings['base_url']).netloc}/securex-audit"
+    if not name or any(c in name for c in "+ \n\t\u2014"):
+        raise ConfigError(f"audit.origin invalide : {name!r} (ni espace ni « + »).")
+    return name
 
 
 def sealer(settings: Any, db: Session, keyring: Keyring, pki: Any, now: datetime) -> Sealer:

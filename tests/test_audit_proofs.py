@@ -123,6 +123,10 @@ def test_forged_checkpoints_are_detected(make, sealer):
     fill(make, 3)
     with transaction(make.factory) as db:
         row = create_checkpoint(db, sealer, now=make.clock())
+        if ENGINE == "sqlite":
+            db.execute(text("DROP TRIGGER audit_checkpoints_no_update"))
+        else:
+            db.execute(text("DROP TRIGGER audit_checkpoints_append_only ON audit_checkpoints"))
         forged = row.note.replace(f"\n{row.size}\n", f"\n{row.size + 1}\n")
         db.execute(update(AuditCheckpoint).values(note=forged))
     with make.session() as db:
@@ -257,3 +261,17 @@ def test_api_checkpoint_proof_and_consistency(client, make, app):
     assert client.get("/api/v1/audit/consistency?from=2&to=1").status_code == 422
     assert client.get("/api/v1/audit/consistency?from=1&to=x").status_code == 422
     assert client.get("/api/v1/audit/consistency?from=1&to=2").status_code == 404
+
+
+def test_checkpoints_are_append_only_and_one_past_the_end_is_flagged(make, sealer):
+    from sqlalchemy.exc import DBAPIError
+
+    fill(make, 4)
+    with transaction(make.factory) as db:
+        create_checkpoint(db, sealer, now=make.clock())
+    with pytest.raises(DBAPIError, match="append-only"), transaction(make.factory) as db:
+        db.execute(update(AuditCheckpoint).values(size=3))
+    with make.session() as db:
+        assert verify_checkpoints(db, sealer.verifier, {}, log_size=4) == []
+        problems = verify_checkpoints(db, sealer.verifier, {}, log_size=3)
+    assert problems and "au-delà de la fin du journal" in problems[0]

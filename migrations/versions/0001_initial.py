@@ -189,10 +189,10 @@ def upgrade() -> None:
     _append_only_audit()
 
 
-APPEND_ONLY_MESSAGE = "audit_events is append-only"
+APPEND_ONLY_MESSAGE = "the audit log is append-only"
 
 
-APPEND_ONLY_TABLES = ("audit_events", "audit_nodes")
+APPEND_ONLY_TABLES = ("audit_events", "audit_nodes", "audit_checkpoints")
 
 
 def _append_only_audit() -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 
+from securex.errors import SecurexError
+
 __all__ = [
     "EMPTY_ROOT",
     "ProofError",
@@ -36,8 +38,13 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 Range = tuple[int, int]  # (first leaf, number of leaves)
 
 
-class ProofError(Exception):
+class ProofError(SecurexError):
     """A proof that does not prove what it claims, whatever the reason."""
+
+    status = 422
+    slug = "invalid-proof"
+    title = "Preuve invalide"
+    exit_code = 1
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -131,11 +138,11 @@ def verify_inclusion(
     """RFC 9162 section 2.1.3.2. Raises ProofError unless `proof` shows that `leaf_hash`
     is leaf `index` of the tree of `size` leaves whose root is `root`."""
     if not (0 <= index < size) or any(len(p) != 32 for p in proof):
-        raise ProofError("inclusion proof does not verify")
+        raise ProofError("preuve d'inclusion invalide")
     fn, sn, r = index, size - 1, leaf_hash
     for p in proof:
         if sn == 0:
-            raise ProofError("inclusion proof does not verify")
+            raise ProofError("preuve d'inclusion invalide")
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             if not fn & 1:
@@ -145,7 +152,7 @@ def verify_inclusion(
         fn >>= 1
         sn >>= 1
     if sn != 0 or r != root:
-        raise ProofError("inclusion proof does not verify")
+        raise ProofError("preuve d'inclusion invalide")
 
 
 def verify_consistency(
@@ -154,7 +161,7 @@ def verify_consistency(
     """RFC 9162 section 2.1.4.2. Raises ProofError unless `proof` shows that the tree of
     `old_size` leaves with root `old_root` is a prefix of the tree of `new_size` leaves
     with root `new_root`."""
-    bad = ProofError("consistency proof does not verify")
+    bad = ProofError("preuve de cohérence invalide")
     if old_size < 0 or new_size < old_size or any(len(p) != 32 for p in proof):
         raise bad
     if old_size == new_size:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -93,8 +94,14 @@ def create_checkpoint(db: Session, sealer: Sealer, *, now: datetime) -> AuditChe
         return None
     root = frontier_root(head.size, head.frontier)
     if last is not None:
+        # Against what was signed, not the row's columns, which the database owner holds.
+        previous = open_note(last.note, sealer.verifier)
         verify_consistency(
-            last.size, head.size, last.root, root, consistency_proof_at(db, last.size, head.size)
+            previous.size,
+            head.size,
+            previous.root,
+            root,
+            consistency_proof_at(db, previous.size, head.size),
         )
     note = sign_note(Checkpoint(sealer.origin, head.size, root), sealer.origin, sealer.private_key)
     token = (
@@ -190,6 +197,12 @@ def check_proof(
         raise ProofError("preuve mal formée") from None
     if checkpoint.size != size:
         raise ProofError("la preuve ne correspond pas au point de contrôle")
+    try:
+        claimed_id = json.loads(data)["id"]
+    except (ValueError, KeyError, TypeError):
+        raise ProofError("événement illisible") from None
+    if claimed_id != index + 1:
+        raise ProofError("le numéro de l'événement ne correspond pas à sa place dans l'arbre")
     verify_inclusion(index, size, leaf_hash(data), proof, checkpoint.root)
     if tsa_roots:
         check_timestamp(bundle["checkpoint"].get("timestamp_token"), checkpoint, tsa_roots)
@@ -227,7 +240,11 @@ def check_timestamp(
 
 
 def verify_checkpoints(
-    db: Session, verifier: str, roots: dict[int, bytes], tsa_roots: Sequence[x509.Certificate] = ()
+    db: Session,
+    verifier: str,
+    roots: dict[int, bytes],
+    tsa_roots: Sequence[x509.Certificate] = (),
+    log_size: int | None = None,
 ) -> list[str]:
     """Check every stored checkpoint: its signature, its root against the one
     recomputed from the events (`roots`, from verify_chain), its consistency with the
@@ -243,6 +260,11 @@ def verify_checkpoints(
             continue
         if cp.size != row.size or cp.root != row.root:
             problems.append(f"{label} : ne correspond pas à sa note signée")
+        if log_size is not None and cp.size > log_size:
+            problems.append(
+                f"{label} : au-delà de la fin du journal ({log_size} événements) "
+                "— événements supprimés ?"
+            )
         if row.size in roots and roots[row.size] != cp.root:
             problems.append(f"{label} : la racine signée ne correspond plus aux événements")
         if previous is not None:

@@ -4,6 +4,7 @@ inclusion proofs of a requester's own events, consistency proofs between checkpo
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from flask import Response, request
@@ -148,9 +149,19 @@ def consistency() -> ConsistencyProof:
     return ConsistencyProof.model_validate(consistency_json(session, old, new, _sealer().verifier))
 
 
+CHECK_EVERY = 30.0  # seconds between two looks per process (a throttle, not state)
+_next_check = 0.0
+_QUIET_PATHS = ("/static/", "/healthz", "/readyz")
+
+
 def checkpoint_after_request(response: Response) -> Response:
     """Sign a checkpoint when enough events or minutes have passed. Never fails the
-    request: a problem is logged and retried at the next one."""
+    request: a problem is logged and retried later. Looks at most every 30 s per
+    process, and never for static files or health checks."""
+    global _next_check
+    if request.path.startswith(_QUIET_PATHS) or time.monotonic() < _next_check:
+        return response
+    _next_check = time.monotonic() + CHECK_EVERY
     st = state()
     try:
         with st.sessions() as session, session.begin():
