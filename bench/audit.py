@@ -430,14 +430,19 @@ def run(args: argparse.Namespace, work: Path, url: str, env: dict[str, str]) -> 
         verifier = sealer(settings, db, keyring, pki, utcnow()).verifier
         db.expunge_all()  # keep the checkpoints loaded once the session closes
     sizes = {cp.size for cp in cps}
-    roots_ca = tsa_roots(settings, pki)
     bulk = todo - through_record
+    roots_ca = tsa_roots(settings, pki)
     print(f"  built {todo:,} events in {build_total:.1f} s:")
     if through_record:
         print(
             f"    {start_size + 1:,}..{start_size + through_record:,} through record: "
-            f"{through_record / spent['record']:,.0f} events/s ({spent['record']:.1f} s; "
-            f"{todo / (through_record / spent['record']):,.0f} s projected for all {todo:,})"
+            f"{through_record / spent['record']:,.0f} events/s ({spent['record']:.1f} s)"
+            + (
+                f"; all {todo:,} through record would take about "
+                f"{todo / (through_record / spent['record']):,.0f} s"
+                if bulk
+                else ""
+            )
         )
     if bulk:
         print(

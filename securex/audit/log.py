@@ -7,17 +7,25 @@ import json
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from securex.audit.events import EventType
 from securex.audit.merkle import leaf_hash
 from securex.audit.models import GENESIS, AuditEvent, AuditHead, AuditNode
-from securex.audit.tree import append, fold_frontier, frontier_root, push
+from securex.audit.tree import (
+    dump_frontier,
+    fold_frontier,
+    frontier_root,
+    parse_frontier,
+    push,
+)
 
 FORMAT_VERSION = 1
+_HEAD_CACHE = "securex.audit.head"
 _SCALARS = (str, int, bool, type(None))
 
 
@@ -34,7 +42,11 @@ def _check_details(details: Mapping[str, Any]) -> None:
 
 
 def _timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    m = moment.astimezone(UTC) if moment.utcoffset() else moment
+    return (
+        f"{m.year:04d}-{m.month:02d}-{m.day:02d}T{m.hour:02d}:{m.minute:02d}:"
+        f"{m.second:02d}.{m.microsecond:06d}Z"
+    )
 
 
 def encode(
@@ -56,7 +68,10 @@ def encode(
     return text.encode()
 
 
+@lru_cache(maxsize=4096)
 def _json(value: str | None) -> str:
+    # Actors, actions, subjects and communes repeat: verifying a million events
+    # encodes each distinct one once.
     return json.dumps(value, ensure_ascii=False)
 
 
@@ -77,17 +92,6 @@ def chain_value(prev_hash: bytes, data: bytes) -> bytes:
     return hashlib.sha256(prev_hash + data).digest()
 
 
-def _head(session: Session) -> AuditHead:
-    head = session.execute(
-        select(AuditHead).where(AuditHead.id == 1).with_for_update()
-    ).scalar_one_or_none()
-    if head is None:
-        head = AuditHead(id=1, size=0, last_hash=GENESIS, frontier=b"")
-        session.add(head)
-        session.flush()
-    return head
-
-
 def record(
     session: Session,
     action: EventType,
@@ -97,30 +101,63 @@ def record(
     tenant: str | None = None,
     details: Mapping[str, Any] | None = None,
     now: datetime,
-) -> AuditEvent:
-    """Append one event in the caller's transaction. Details must hold no personal data
-    in clear: ids, counts, codes and reasons only."""
-    details = dict(details or {})
-    _check_details(details)
-    head = _head(session)
-    event = AuditEvent(
-        id=head.size + 1,
-        recorded_at=now,
-        tenant=tenant,
-        actor=actor,
-        action=str(action),
-        subject=subject,
-        details=json.dumps(details, sort_keys=True, separators=(",", ":"), ensure_ascii=False),
-        prev_hash=head.last_hash,
+) -> int:
+    """Append one event in the caller's transaction; returns its number. Details must
+    hold no personal data in clear: ids, counts, codes and reasons only.
+
+    Written with Core statements on the session's connection (the ORM's unit of work
+    cost more than the hashing): lock the head, insert the event and the Merkle nodes
+    it completes, move the head."""
+    _check_details(details or {})
+    details_text = json.dumps(
+        dict(details or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
-    data = canonical_encoding(event)
-    event.entry_hash = chain_value(head.last_hash, data)
-    session.add(event)
-    append(session, head, leaf_hash(data))
-    head.size = event.id
-    head.last_hash = event.entry_hash
-    session.flush()
-    return event
+    conn = session.connection()
+    # The head is locked by the first event of a transaction; later events of the same
+    # transaction reuse what it wrote instead of reading it again.
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    cached = session.info.get(_HEAD_CACHE)
+    if cached is not None and cached[0] is transaction:
+        size, last_hash, frontier_blob = cached[1]
+    else:
+        head = conn.execute(
+            select(AuditHead.size, AuditHead.last_hash, AuditHead.frontier)
+            .where(AuditHead.id == 1)
+            .with_for_update()
+        ).one_or_none()
+        if head is None:
+            conn.execute(insert(AuditHead).values(id=1, size=0, last_hash=GENESIS, frontier=b""))
+            size, last_hash, frontier_blob = 0, GENESIS, b""
+        else:
+            size, last_hash, frontier_blob = head
+    event_id = int(size) + 1
+    action_name = str(action)
+    data = encode(event_id, now, tenant, actor, action_name, subject, details_text)
+    entry_hash = chain_value(last_hash, data)
+    conn.execute(
+        insert(AuditEvent).values(
+            id=event_id,
+            recorded_at=now,
+            tenant=tenant,
+            actor=actor,
+            action=action_name,
+            subject=subject,
+            details=details_text,
+            prev_hash=last_hash,
+            entry_hash=entry_hash,
+        )
+    )
+    frontier = parse_frontier(size, frontier_blob or b"")
+    made = push(frontier, size, leaf_hash(data))
+    conn.execute(insert(AuditNode), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in made])
+    frontier_blob = dump_frontier(frontier)
+    conn.execute(
+        update(AuditHead)
+        .where(AuditHead.id == 1)
+        .values(size=event_id, last_hash=entry_hash, frontier=frontier_blob)
+    )
+    session.info[_HEAD_CACHE] = (transaction, (event_id, entry_hash, frontier_blob))
+    return event_id
 
 
 @dataclass
@@ -153,7 +190,8 @@ def verify_chain(
     prev = GENESIS
     expected_id = 1
     frontier: dict[int, bytes] = {}
-    events = session.execute(
+    conn = session.connection()
+    events = conn.execution_options(yield_per=batch).execute(
         select(
             AuditEvent.id,
             AuditEvent.recorded_at,
@@ -168,7 +206,7 @@ def verify_chain(
         .order_by(AuditEvent.id)
         .execution_options(yield_per=batch)
     )
-    leaves_result = session.execute(
+    leaves_result = conn.execution_options(yield_per=batch).execute(
         select(AuditNode.idx, AuditNode.hash)
         .where(AuditNode.level == 0)
         .order_by(AuditNode.idx)
@@ -199,7 +237,7 @@ def verify_chain(
         problems.append("arbre de Merkle : feuilles sans événement")
     leaves_result.close()  # server-side cursors on PostgreSQL
     events.close()
-    head = session.get(AuditHead, 1)
+    head = session.get(AuditHead, 1, populate_existing=True)
     head_size, head_hash = (head.size, head.last_hash) if head else (0, GENESIS)
     if head_size != report.size or head_hash != prev:
         problems.append(

@@ -5,7 +5,7 @@ O(log n) complete subtrees its plan needs, in one query. Nothing rescans the log
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from securex.audit.merkle import (
@@ -15,7 +15,7 @@ from securex.audit.merkle import (
     inclusion_ranges,
     node_hash,
 )
-from securex.audit.models import AuditHead, AuditNode
+from securex.audit.models import AuditNode
 
 Node = tuple[int, int]  # (level, index)
 
@@ -31,7 +31,7 @@ def parse_frontier(size: int, blob: bytes) -> dict[int, bytes]:
     return {level: blob[32 * i : 32 * (i + 1)] for i, level in enumerate(levels)}
 
 
-def _dump(frontier: dict[int, bytes]) -> bytes:
+def dump_frontier(frontier: dict[int, bytes]) -> bytes:
     return b"".join(frontier[level] for level in sorted(frontier))
 
 
@@ -58,14 +58,6 @@ def fold_frontier(frontier: dict[int, bytes]) -> bytes:
     for level in sorted(frontier):  # lowest (rightmost) first
         root = frontier[level] if root is None else node_hash(frontier[level], root)
     return EMPTY_ROOT if root is None else root
-
-
-def append(session: Session, head: AuditHead, leaf: bytes) -> None:
-    """Add leaf number `head.size` (the caller then increments `head.size`)."""
-    frontier = parse_frontier(head.size, head.frontier or b"")
-    made = push(frontier, head.size, leaf)
-    session.execute(insert(AuditNode), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in made])
-    head.frontier = _dump(frontier)
 
 
 def _pieces(start: int, n: int) -> list[Node]:
@@ -95,12 +87,17 @@ def range_hashes(session: Session, ranges: list[Range]) -> list[bytes]:
     plans = [_pieces(start, n) for start, n in ranges]
     wanted = sorted({node for plan in plans for node in plan})
     found: dict[Node, bytes] = {}
-    for chunk in range(0, len(wanted), 500):
-        part = wanted[chunk : chunk + 500]
+    # One `level = ? AND idx IN (...)` per level: primary-key lookups on every engine
+    # (SQLite runs a row-value IN over a VALUES list as a full scan).
+    by_level: dict[int, list[int]] = {}
+    for level, idx in wanted:
+        by_level.setdefault(level, []).append(idx)
+    conditions = [
+        and_(AuditNode.level == level, AuditNode.idx.in_(idxs)) for level, idxs in by_level.items()
+    ]
+    if conditions:
         rows = session.execute(
-            select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(
-                tuple_(AuditNode.level, AuditNode.idx).in_(part)
-            )
+            select(AuditNode.level, AuditNode.idx, AuditNode.hash).where(or_(*conditions))
         )
         found.update({(lv, ix): h for lv, ix, h in rows})
     missing = [node for node in wanted if node not in found]
