@@ -171,7 +171,7 @@ def bulk_append(factory: Any, count: int, stream: Iterator[Any]) -> None:
     from securex.audit.log import chain_value, encode
     from securex.audit.merkle import leaf_hash
     from securex.audit.models import AuditEvent, AuditHead, AuditNode
-    from securex.audit.tree import _dump, parse_frontier, push
+    from securex.audit.tree import dump_frontier, parse_frontier, push
     from securex.db import transaction, utcnow
 
     heads = AuditHead.__table__
@@ -216,7 +216,7 @@ def bulk_append(factory: Any, count: int, stream: Iterator[Any]) -> None:
         conn.execute(
             update(heads)
             .where(heads.c.id == 1)
-            .values(size=size, last_hash=prev, frontier=_dump(frontier))
+            .values(size=size, last_hash=prev, frontier=dump_frontier(frontier))
         )
 
 

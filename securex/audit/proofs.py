@@ -210,10 +210,15 @@ def check_proof(
 
 
 def check_timestamp(
-    token_b64: str | None, checkpoint: Checkpoint, tsa_roots: Sequence[x509.Certificate]
+    token_b64: str | None,
+    checkpoint: Checkpoint,
+    tsa_roots: Sequence[x509.Certificate],
+    context: Any = None,
 ) -> datetime:
     """The time at which the TSA saw this checkpoint; ProofError unless its token is
-    intact, signed by a TSA chaining to `tsa_roots`, and over this checkpoint's text."""
+    intact, signed by a TSA chaining to `tsa_roots`, and over this checkpoint's text.
+    A `context` (pyhanko_certvalidator ValidationContext) shared across calls keeps the
+    TSA's validated path, which is most of the cost."""
     from pyhanko.sign.validation.generic_cms import validate_tst_signed_data
     from pyhanko_certvalidator import ValidationContext
 
@@ -223,7 +228,7 @@ def check_timestamp(
         token = cms.ContentInfo.load(base64.b64decode(token_b64, validate=True))
         signed = token["content"]
         expected = hashlib.sha256(checkpoint.text().encode()).digest()
-        context = ValidationContext(
+        context = context or ValidationContext(
             trust_roots=list(tsa_roots), allow_fetching=False, revocation_mode="soft-fail"
         )
         status = asyncio.run(validate_tst_signed_data(signed, context, lambda _algo: expected))
@@ -239,6 +244,26 @@ def check_timestamp(
     return when
 
 
+def check_timestamps(
+    items: Sequence[tuple[int, str, str | None]], verifier: str, tsa_roots_der: Sequence[bytes]
+) -> list[str]:
+    """Check the RFC 3161 timestamps of many checkpoints, given as (size, note, token in
+    base64): made to run in a second process while the chain is scanned."""
+    roots = [x509.Certificate.load(der) for der in tsa_roots_der]
+    from pyhanko_certvalidator import ValidationContext
+
+    context = ValidationContext(
+        trust_roots=roots, allow_fetching=False, revocation_mode="soft-fail"
+    )
+    problems = []
+    for size, note, token in items:
+        try:
+            check_timestamp(token, open_note(note, verifier), roots, context)
+        except ProofError as exc:
+            problems.append(f"point de contrôle {size} : {exc}")
+    return problems
+
+
 def verify_checkpoints(
     db: Session,
     verifier: str,
@@ -249,8 +274,17 @@ def verify_checkpoints(
     """Check every stored checkpoint: its signature, its root against the one
     recomputed from the events (`roots`, from verify_chain), its consistency with the
     previous one and, with `tsa_roots`, its timestamp."""
+    from pyhanko_certvalidator import ValidationContext
+
     problems = []
     previous: Checkpoint | None = None
+    shared = (
+        ValidationContext(
+            trust_roots=list(tsa_roots), allow_fetching=False, revocation_mode="soft-fail"
+        )
+        if tsa_roots
+        else None
+    )
     for row in db.scalars(select(AuditCheckpoint).order_by(AuditCheckpoint.size)):
         label = f"point de contrôle {row.size}"
         try:
@@ -283,7 +317,7 @@ def verify_checkpoints(
                 problems.append(f"{label} : incohérent avec le point de contrôle précédent")
         if tsa_roots:
             try:
-                check_timestamp(_b64(row.timestamp_token), cp, tsa_roots)
+                check_timestamp(_b64(row.timestamp_token), cp, tsa_roots, shared)
             except ProofError as exc:
                 problems.append(f"{label} : {exc}")
         previous = cp
