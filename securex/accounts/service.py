@@ -246,14 +246,8 @@ def create_user(
     )
     db.add(user)
     db.flush()
-    record(
-        db,
-        EventType.USER_CREATED,
-        actor=str(actor),
-        subject=f"user:{user.id}",
-        tenant=tenant.insee if tenant else None,
-        details={"role": role_.value},
-        now=now,
+    _audit(
+        db, EventType.USER_CREATED, user, actor=str(actor), now=now, details={"role": role_.value}
     )
     return user
 
@@ -276,19 +270,33 @@ def _tenant_of(user: User) -> str | None:
     return user.tenant.insee if user.tenant else None
 
 
+def _audit(
+    db: Session,
+    action: EventType,
+    user: User,
+    *,
+    actor: str,
+    now: datetime,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Record an event about `user`, in their commune."""
+    record(
+        db,
+        action,
+        actor=actor,
+        subject=f"user:{user.id}",
+        tenant=_tenant_of(user),
+        details=details,
+        now=now,
+    )
+
+
 def disable_user(db: Session, actor: Actor, email: str, *, now: datetime) -> User:
     user = get_user(db, email)
     if user.disabled_at is None:
         user.disabled_at = now
         db.execute(delete(WebSession).where(WebSession.user_id == user.id))
-        record(
-            db,
-            EventType.USER_DISABLED,
-            actor=str(actor),
-            subject=f"user:{user.id}",
-            tenant=_tenant_of(user),
-            now=now,
-        )
+        _audit(db, EventType.USER_DISABLED, user, actor=str(actor), now=now)
     return user
 
 
@@ -298,14 +306,7 @@ def enable_user(db: Session, actor: Actor, email: str, *, now: datetime) -> User
         user.disabled_at = None
         user.failed_logins = 0
         user.locked_until = None
-        record(
-            db,
-            EventType.USER_ENABLED,
-            actor=str(actor),
-            subject=f"user:{user.id}",
-            tenant=_tenant_of(user),
-            now=now,
-        )
+        _audit(db, EventType.USER_ENABLED, user, actor=str(actor), now=now)
     return user
 
 
@@ -317,14 +318,13 @@ def change_role(db: Session, actor: Actor, email: str, role: str, *, now: dateti
     old = user.role
     if old != new.value:
         user.role = new.value
-        record(
+        _audit(
             db,
             EventType.USER_ROLE_CHANGED,
+            user,
             actor=str(actor),
-            subject=f"user:{user.id}",
-            tenant=_tenant_of(user),
-            details={"from": old, "to": new.value},
             now=now,
+            details={"from": old, "to": new.value},
         )
     return user
 
@@ -380,14 +380,7 @@ def enrol_totp(
     user.totp_sealed = keys.seal_totp(user.id, secret)
     user.totp_last_step = step
     codes = _new_recovery_codes(db, user)
-    record(
-        db,
-        EventType.TOTP_ENROLLED,
-        actor=f"user:{user.id}",
-        subject=f"user:{user.id}",
-        tenant=_tenant_of(user),
-        now=now,
-    )
+    _audit(db, EventType.TOTP_ENROLLED, user, actor=f"user:{user.id}", now=now)
     return codes
 
 
@@ -404,14 +397,7 @@ def reset_totp(db: Session, actor: Actor, email: str, *, now: datetime) -> User:
     user.totp_last_step = None
     db.execute(delete(RecoveryCode).where(RecoveryCode.user_id == user.id))
     db.execute(delete(WebSession).where(WebSession.user_id == user.id))
-    record(
-        db,
-        EventType.TOTP_RESET,
-        actor=str(actor),
-        subject=f"user:{user.id}",
-        tenant=_tenant_of(user),
-        now=now,
-    )
+    _audit(db, EventType.TOTP_RESET, user, actor=str(actor), now=now)
     return user
 
 
@@ -471,26 +457,24 @@ def _register_failure(
     db: Session, user: User, policy: SecurityPolicy, now: datetime, factor: str
 ) -> LoginOutcome:
     user.failed_logins += 1
-    record(
+    _audit(
         db,
         EventType.LOGIN_FAILED,
+        user,
         actor="anonymous",
-        subject=f"user:{user.id}",
-        tenant=_tenant_of(user),
-        details={"factor": factor, "failures": user.failed_logins},
         now=now,
+        details={"factor": factor, "failures": user.failed_logins},
     )
     if user.failed_logins >= policy.lockout_threshold:
         user.locked_until = now + timedelta(minutes=policy.lockout_minutes)
         user.failed_logins = 0
-        record(
+        _audit(
             db,
             EventType.ACCOUNT_LOCKED,
+            user,
             actor="system",
-            subject=f"user:{user.id}",
-            tenant=_tenant_of(user),
-            details={"minutes": policy.lockout_minutes},
             now=now,
+            details={"minutes": policy.lockout_minutes},
         )
         return LoginOutcome(LoginStatus.LOCKED, user, policy.lockout_minutes * 60)
     return LoginOutcome(LoginStatus.BAD_CREDENTIALS, user)
@@ -575,14 +559,7 @@ def check_second_factor(
     step = _totp_step(secret, code, now)
     if step is not None:
         if user.totp_last_step is not None and step <= user.totp_last_step:
-            record(
-                db,
-                EventType.TOTP_REPLAY_REFUSED,
-                actor="anonymous",
-                subject=f"user:{user.id}",
-                tenant=_tenant_of(user),
-                now=now,
-            )
+            _audit(db, EventType.TOTP_REPLAY_REFUSED, user, actor="anonymous", now=now)
             outcome = _register_failure(db, user, policy, now, "totp-replay")
             if outcome.status is LoginStatus.BAD_CREDENTIALS:
                 return LoginOutcome(LoginStatus.REPLAYED, user)
@@ -598,14 +575,7 @@ def check_second_factor(
     )
     if recovery is not None:
         recovery.used_at = now
-        record(
-            db,
-            EventType.RECOVERY_CODE_USED,
-            actor=f"user:{user.id}",
-            subject=f"user:{user.id}",
-            tenant=_tenant_of(user),
-            now=now,
-        )
+        _audit(db, EventType.RECOVERY_CODE_USED, user, actor=f"user:{user.id}", now=now)
         return LoginOutcome(LoginStatus.OK, user)
     return _register_failure(db, user, policy, now, "totp")
 
@@ -616,14 +586,13 @@ def complete_login(
     user.failed_logins = 0
     user.locked_until = None
     purge_expired(db, now=now, policy=policy)
-    record(
+    _audit(
         db,
         EventType.LOGIN_SUCCEEDED,
+        user,
         actor=f"user:{user.id}",
-        subject=f"user:{user.id}",
-        tenant=_tenant_of(user),
-        details={"method": method},
         now=now,
+        details={"method": method},
     )
 
 
@@ -666,27 +635,19 @@ def hash_session_id(session_id: str) -> str:
 def logout(db: Session, user: User, session_hash: str | None, *, now: datetime) -> None:
     if session_hash:
         db.execute(delete(WebSession).where(WebSession.id_hash == session_hash))
-    record(
-        db,
-        EventType.LOGOUT,
-        actor=f"user:{user.id}",
-        subject=f"user:{user.id}",
-        tenant=_tenant_of(user),
-        now=now,
-    )
+    _audit(db, EventType.LOGOUT, user, actor=f"user:{user.id}", now=now)
 
 
 def logout_everywhere(db: Session, user: User, *, now: datetime) -> int:
     result = db.execute(delete(WebSession).where(WebSession.user_id == user.id))
     count = int(getattr(result, "rowcount", 0) or 0)
-    record(
+    _audit(
         db,
         EventType.LOGOUT_EVERYWHERE,
+        user,
         actor=f"user:{user.id}",
-        subject=f"user:{user.id}",
-        tenant=_tenant_of(user),
-        details={"sessions": count},
         now=now,
+        details={"sessions": count},
     )
     return count
 
