@@ -1171,25 +1171,29 @@ def _read_roots(path: Path | None) -> list[Any]:
         raise ConfigError(f"{path} n'est pas un fichier PEM de certificats.") from None
 
 
-@audit.command("check-proof")
-@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option(
-    "--key",
-    "key",
-    default=None,
-    help="Clé de vérification de la plateforme (« securex audit public-key »). "
-    "Par défaut : celle de cette instance.",
-)
-@click.option(
-    "--tsa-roots",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="PEM des racines de l'horodateur, pour vérifier aussi l'horodatage.",
-)
-def audit_check_proof(proof_file: Path, key: str | None, tsa_roots: Path | None) -> None:
-    """Vérifier hors ligne une preuve avec le seul fichier et la clé publique."""
+def _offline_options(fn: Any) -> Any:
+    """--key and --tsa-roots, shared by the offline checks."""
+    fn = click.option(
+        "--tsa-roots",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="PEM des racines de l'horodateur, pour vérifier aussi l'horodatage.",
+    )(fn)
+    return click.option(
+        "--key",
+        "key",
+        default=None,
+        help="Clé de vérification de la plateforme (« securex audit public-key »). "
+        "Par défaut : celle de cette instance.",
+    )(fn)
+
+
+def _check_offline(
+    path: Path, key: str | None, tsa_roots: Path | None, check: Any, what: str
+) -> tuple[dict[str, Any], Any]:
+    """Read a JSON proof document and verify it with `check(document, key, roots)`;
+    exit 1 with a French message when it does not verify."""
     from securex.audit.merkle import ProofError
-    from securex.audit.proofs import check_proof
 
     if key is None:
         ctx = click.get_current_context().ensure_object(Context)
@@ -1197,11 +1201,21 @@ def audit_check_proof(proof_file: Path, key: str | None, tsa_roots: Path | None)
             key = _sealer(ctx, db).verifier
     roots = _read_roots(tsa_roots)
     try:
-        bundle = json.loads(proof_file.read_text(encoding="utf-8"))
-        checkpoint = check_proof(bundle, key, roots)
+        document = json.loads(path.read_text(encoding="utf-8"))
+        return document, check(document, key, roots)
     except (ValueError, ProofError) as exc:
-        click.secho(f"Preuve INVALIDE : {exc}", fg="red", err=True)
+        click.secho(f"{what} INVALIDE : {exc}", fg="red", err=True)
         sys.exit(1)
+
+
+@audit.command("check-proof")
+@click.argument("proof_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_offline_options
+def audit_check_proof(proof_file: Path, key: str | None, tsa_roots: Path | None) -> None:
+    """Vérifier hors ligne une preuve avec le seul fichier et la clé publique."""
+    from securex.audit.proofs import check_proof
+
+    bundle, checkpoint = _check_offline(proof_file, key, tsa_roots, check_proof, "Preuve")
     event = json.loads(bundle["event"])
     click.echo(
         f"Preuve valide : l'événement n° {event['id']} ({event['action']}) figure dans "
@@ -1262,29 +1276,12 @@ def audit_evidence(ctx: Context, subject: str, outdir: Path) -> None:
 
 @audit.command("check-evidence")
 @click.argument("evidence_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--key", "key", default=None, help="Clé de vérification de la plateforme.")
-@click.option(
-    "--tsa-roots",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="PEM des racines de l'horodateur.",
-)
+@_offline_options
 def audit_check_evidence(evidence_file: Path, key: str | None, tsa_roots: Path | None) -> None:
     """Vérifier hors ligne un dossier de preuve (evidence.json)."""
     from securex.audit.evidence import check_evidence
-    from securex.audit.merkle import ProofError
 
-    if key is None:
-        ctx = click.get_current_context().ensure_object(Context)
-        with ctx.tx() as db:
-            key = _sealer(ctx, db).verifier
-    roots = _read_roots(tsa_roots)
-    try:
-        evidence = json.loads(evidence_file.read_text(encoding="utf-8"))
-        checkpoint = check_evidence(evidence, key, roots)
-    except (ValueError, ProofError) as exc:
-        click.secho(f"Dossier INVALIDE : {exc}", fg="red", err=True)
-        sys.exit(1)
+    evidence, checkpoint = _check_offline(evidence_file, key, tsa_roots, check_evidence, "Dossier")
     click.echo(
         f"Dossier valide : {len(evidence['events'])} événement(s) sur "
         f"« {evidence['subject']} » figurent dans le journal « {checkpoint.origin} » "
