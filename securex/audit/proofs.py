@@ -25,7 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from securex.audit.checkpoint import Checkpoint, open_note, sign_note, verifier_key
-from securex.audit.log import encode
+from securex.audit.log import canonical_encoding
 from securex.audit.merkle import (
     ProofError,
     leaf_hash,
@@ -149,15 +149,7 @@ def event_proof(
     event = db.get(AuditEvent, event_id)
     if event is None or event_id > checkpoint.size:
         raise LookupError(event_id)
-    data = encode(
-        event.id,
-        event.recorded_at,
-        event.tenant,
-        event.actor,
-        event.action,
-        event.subject,
-        event.details,
-    )
+    data = canonical_encoding(event)
     proof = inclusion_proof_at(db, event.id - 1, checkpoint.size)
     return {
         "format": PROOF_FORMAT,
