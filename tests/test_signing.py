@@ -50,8 +50,10 @@ def authority(tmp_path_factory):
     )
 
 
-def setup_for(authority, level: pades.Level, now: datetime = NOW) -> pades.SigningSetup:
-    cert, key = authority.officer(OFFICER.email)
+def setup_for(
+    authority, level: pades.Level, email: str = OFFICER.email, now: datetime = NOW
+) -> pades.SigningSetup:
+    cert, key = authority.officer(email)
     crls, ocsps = authority.validation_material(now)
     roots = [to_asn1(authority.root_cert)]
     others = [to_asn1(authority.ca_cert)]
@@ -177,29 +179,10 @@ def test_refuses_a_revoked_certificate(tmp_path):
     who = OfficerIdentity("r@mairie.fr", "Rémi Révoqué", "Dax", "40088")
     pki = init_pki(tmp_path / "pki", now=NOW - timedelta(days=1), password=b"pw", officers=[who])
     cert, _ = pki.officer(who.email)
-    pades.check_signer(_setup(pki, who), NOW)  # fine before
+    pades.check_signer(setup_for(pki, pades.Level.B_B, who.email), NOW)  # fine before
     pki.revoke(cert.serial_number, now=NOW - timedelta(hours=1))
     with pytest.raises(SigningRefused, match="révoqué"):
-        pades.check_signer(_setup(pki, who), NOW)
-
-
-def _setup(pki, who):
-    cert, key = pki.officer(who.email)
-    crls, ocsps = pki.validation_material(NOW)
-    return pades.SigningSetup(
-        signer=LoadedKeySigner(cert, key, pki.chain_for(cert)),
-        certificate=cert,
-        level=pades.Level.B_B,
-        timestamper=None,
-        validation_context=lambda: ValidationContext(
-            trust_roots=[to_asn1(pki.root_cert)],
-            other_certs=[to_asn1(pki.ca_cert)],
-            crls=crls,
-            ocsps=ocsps,
-            allow_fetching=False,
-            revocation_mode="hard-fail",
-        ),
-    )
+        pades.check_signer(setup_for(pki, pades.Level.B_B, who.email), NOW)
 
 
 def test_archival_renewal_adds_a_document_timestamp(authority):
@@ -225,21 +208,7 @@ def test_ecdsa_officer_signs_too(tmp_path):
     who = OfficerIdentity("e@mairie.fr", "Élise Ecdsa", "Dax", "40088")
     pki = init_pki(tmp_path / "pki", now=NOW - timedelta(days=1), password=b"pw")
     pki.issue_officer(who, key_type="ecdsa-p256", now=NOW - timedelta(hours=1))
-    cert, key = pki.officer(who.email)
-    crls, ocsps = pki.validation_material(NOW)
-    setup = pades.SigningSetup(
-        signer=LoadedKeySigner(cert, key, pki.chain_for(cert)),
-        certificate=cert,
-        level=pades.Level.B_LTA,
-        timestamper=pki.timestamper(),
-        validation_context=lambda: ValidationContext(
-            trust_roots=[to_asn1(pki.root_cert)],
-            other_certs=[to_asn1(pki.ca_cert)],
-            crls=crls,
-            ocsps=ocsps,
-            allow_fetching=False,
-        ),
-    )
+    setup = setup_for(pki, pades.Level.B_LTA, who.email)
     signed = pades.sign(one_page_pdf(), setup, APPEARANCE, NOW)
     sig = PdfFileReader(io.BytesIO(signed)).embedded_regular_signatures[0]
     assert validate_pdf_signature(
