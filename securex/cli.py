@@ -958,6 +958,8 @@ def sign_renew(ctx: Context, files: tuple[Path, ...], margin_days: int, force: b
     authority = None if ctx.settings["signing.tsa_url"] else _load_pki(ctx)
     now = utcnow()
     stamper = timestamper(ctx.settings, authority)
+    # Every officer's OCSP answer and the CRLs, signed once for the whole run.
+    material = authority.validation_material(now) if authority is not None else None
     renewed, refused = 0, 0
     for path in files:
         data = path.read_bytes()
@@ -972,7 +974,7 @@ def sign_renew(ctx: Context, files: tuple[Path, ...], margin_days: int, force: b
             continue
         # Only this document's signer's revocation data goes into its DSS.
         signer = pades.signer_certificate(data)
-        contexts = validation_context_factory(ctx.settings, authority, now, signer)
+        contexts = validation_context_factory(ctx.settings, authority, now, signer, material)
         try:
             fresh = pades.renew(data, stamper, contexts())
         except SecurexError as exc:

@@ -48,19 +48,24 @@ def _ocsp_serial(der: bytes) -> int | None:
 
 
 def validation_context_factory(
-    settings: Any, pki: DemoPki | None, now: datetime, signer: x509.Certificate | None = None
+    settings: Any,
+    pki: DemoPki | None,
+    now: datetime,
+    signer: x509.Certificate | None = None,
+    material: tuple[list[bytes], list[bytes]] | None = None,
 ) -> Callable[[], ValidationContext]:
     """Offline from the demo PKI's own CRL and OCSP answers, or fetching as certificates
     say (production, `signing.fetch_revocation = true`). pyHanko embeds whatever the
     context holds, so with a `signer` only its and the TSA's OCSP answers go in: a
-    document must not carry the status of every other officer's certificate."""
+    document must not carry the status of every other officer's certificate. A caller
+    building many contexts passes `material` (`pki.validation_material(now)`) once."""
     roots = [to_asn1(c) for c in _trust_anchors(settings, pki)]
     fetch = bool(settings["signing.fetch_revocation"])
     if fetch or pki is None:
         return lambda: ValidationContext(
             trust_roots=roots, allow_fetching=True, revocation_mode="hard-fail"
         )
-    crls, every_ocsp = pki.validation_material(now)
+    crls, every_ocsp = material or pki.validation_material(now)
     wanted = {pki.tsa_cert.serial_number} | ({signer.serial_number} if signer else set())
     ocsps = [der for der in every_ocsp if signer is None or _ocsp_serial(der) in wanted]
     others = [to_asn1(pki.ca_cert)]
