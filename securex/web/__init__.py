@@ -15,7 +15,7 @@ from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 
 from securex.errors import PayloadTooLarge, SecurexError, UnsupportedMediaType
-from securex.web.api import ApiBlueprint, problem, problem_from_error
+from securex.web.api import HTTP_TITLES, ApiBlueprint, problem, problem_from_error
 from securex.web.context import close_db, db
 from securex.web.sessions import DbSessionInterface
 
@@ -29,17 +29,6 @@ CSP = (
     "base-uri 'none'; object-src 'none'"
 )
 
-HTTP_TITLES = {
-    400: "Requête invalide",
-    401: "Authentification requise",
-    403: "Accès refusé",
-    404: "Introuvable",
-    405: "Méthode non autorisée",
-    413: "Requête trop volumineuse",
-    415: "Type de contenu non pris en charge",
-    429: "Trop de requêtes",
-    500: "Erreur interne",
-}
 
 # Same problem types whether Werkzeug or securex raised the error.
 PROBLEM_SLUGS = {e.status: e.slug for e in (PayloadTooLarge, UnsupportedMediaType)}

@@ -182,16 +182,19 @@ def _parse_body(model: type[BaseModel]) -> BaseModel:
 
 # --- OpenAPI -----------------------------------------------------------------------
 
-_STATUS_TEXT = {
+# The French name of each HTTP error status: problem titles and OpenAPI descriptions.
+HTTP_TITLES = {
     400: "Requête invalide",
-    401: "Non authentifié",
-    403: "Interdit",
+    401: "Authentification requise",
+    403: "Accès refusé",
     404: "Introuvable",
+    405: "Méthode non autorisée",
     409: "Conflit",
-    413: "Trop volumineux",
+    413: "Requête trop volumineuse",
     415: "Type de contenu non pris en charge",
     422: "Données invalides",
     429: "Trop de requêtes",
+    500: "Erreur interne",
 }
 
 
@@ -241,7 +244,7 @@ def openapi_document(blueprints: list[ApiBlueprint]) -> dict[str, Any]:
                 codes |= {413, 415}
             for code in sorted(codes):
                 responses[str(code)] = {
-                    "description": _STATUS_TEXT.get(code, "Erreur"),
+                    "description": HTTP_TITLES.get(code, "Erreur"),
                     "content": problem_content,
                 }
             entry: dict[str, Any] = {
