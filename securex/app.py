@@ -74,6 +74,8 @@ def create_app(
     from securex import web
     from securex.accounts.api import bp as accounts_api
     from securex.accounts.views import bp as accounts_views
+    from securex.registry.api import bp as registry_api
+    from securex.registry.views import bp as registry_views
     from securex.web.api import meta
     from securex.web.audit import api as audit_api
     from securex.web.audit import checkpoint_after_request
@@ -84,7 +86,18 @@ def create_app(
     # released (SQLite's write lock) and the response is complete.
     app.after_request(checkpoint_after_request)
     web.init_app(
-        app, [accounts_views, accounts_api, meta, pki_bp, verify_bp, signing_api, audit_api]
+        app,
+        [
+            accounts_views,
+            accounts_api,
+            meta,
+            pki_bp,
+            verify_bp,
+            signing_api,
+            audit_api,
+            registry_views,
+            registry_api,
+        ],
     )
 
     zone = ZoneInfo(settings["timezone"])
@@ -113,7 +126,22 @@ def create_app(
     logging.getLogger("pyhanko").setLevel(logging.ERROR)
     if not app.testing:
         _log_to_instance(settings.instance)
+        if settings["jobs.in_process"]:
+            _start_worker(app)
     return app
+
+
+def _start_worker(app: Flask) -> None:
+    """The embedded instance's worker: a thread per web process (gunicorn forks before
+    it calls create_app, so each process has its own); jobs are claimed in the
+    database, so two threads never run the same one."""
+    from securex.jobs.service import WorkerThread
+    from securex.registry import batch  # noqa: F401 (registers the job handlers)
+
+    st: AppState = app.extensions["securex"]
+    worker = WorkerThread(st.runtime(), float(st.settings["jobs.poll_seconds"]))
+    worker.start()
+    app.extensions["securex_worker"] = worker
 
 
 def _load_signing(st: AppState) -> None:

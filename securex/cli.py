@@ -260,6 +260,41 @@ def _create_demo(db: Session, ctx: Context, now: Any) -> dict[str, Any]:
 
 
 @main.command()
+@click.option("--once", is_flag=True, help="Exécuter les tâches en attente puis s'arrêter.")
+@pass_ctx
+def worker(ctx: Context, once: bool) -> None:
+    """Exécuter les tâches de fond (signature par lots, …). Plusieurs processus peuvent
+    tourner à la fois : chaque tâche est prise par un seul. Arrêt : Ctrl-C ou SIGTERM."""
+    import signal
+
+    from securex.jobs.service import Runtime, WorkerThread, run_pending
+    from securex.registry import batch  # noqa: F401 (registers the job handlers)
+    from securex.signing.setup import load_demo_pki
+
+    rt = Runtime(
+        settings=ctx.settings,
+        sessions=ctx.factory,
+        vault=ctx.vault,
+        pki=load_demo_pki(ctx.settings.instance),
+        clock=utcnow,
+        environ=os.environ,
+    )
+    if once:
+        click.echo(f"{run_pending(rt)} tâche(s) exécutée(s).")
+        return
+    thread = WorkerThread(rt, float(ctx.settings["jobs.poll_seconds"]))
+    signal.signal(signal.SIGTERM, lambda *_: thread.stop())
+    click.echo("securex worker : en attente de tâches (Ctrl-C pour arrêter).")
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(timeout=1)
+    except KeyboardInterrupt:
+        thread.stop()
+        thread.join()
+
+
+@main.command()
 @click.option("--host", default=None, help="Adresse d'écoute (défaut : configuration).")
 @click.option("--port", type=int, default=None, help="Port (défaut : configuration).")
 @click.option(
@@ -498,6 +533,66 @@ def client_revoke(ctx: Context, client_id: int) -> None:
     with ctx.tx() as s:
         c = accounts.revoke_client(s, ctx.actor, client_id, now=utcnow())
     click.echo(f"Client n° {c.id} révoqué : {c.name}")
+
+
+# --- personal API tokens -----------------------------------------------------------
+
+
+@main.group()
+def token() -> None:
+    """Jetons d'API personnels des agents (chacun agit au nom de son titulaire)."""
+
+
+@token.command("add")
+@click.argument("email")
+@click.option("--name", required=True, help="Ce qui utilisera le jeton (script, logiciel).")
+@click.option(
+    "--days",
+    type=int,
+    default=None,
+    help=f"Validité en jours (défaut {accounts.PERSONAL_TOKEN_DAYS}, "
+    f"au plus {accounts.PERSONAL_TOKEN_MAX_DAYS}).",
+)
+@pass_ctx
+def token_add(ctx: Context, email: str, name: str, days: int | None) -> None:
+    """Créer un jeton personnel ; il n'est affiché qu'une fois."""
+    with ctx.tx() as s:
+        user = accounts.get_user(s, email)
+        t, secret = accounts.create_personal_token(
+            s, ctx.actor, user, name=name, days=days, now=utcnow()
+        )
+        expires = t.expires_at.date().isoformat() if t.expires_at else "jamais"
+    click.echo(f"Jeton n° {t.id} créé pour {user.email} : {t.name} (expire le {expires}).")
+    click.echo("Jeton (affiché une seule fois, à transmettre par un canal sûr) :")
+    click.echo(secret)
+
+
+@token.command("list")
+@click.argument("email", required=False)
+@pass_ctx
+def token_list(ctx: Context, email: str | None) -> None:
+    """Lister les jetons personnels (de tous les comptes, ou d'un seul)."""
+    now = utcnow()
+    with ctx.tx() as s:
+        user = accounts.get_user(s, email) if email else None
+        for t in accounts.list_personal_tokens(s, user):
+            state = accounts.personal_token_state(t, now)
+            expires = t.expires_at.date().isoformat() if t.expires_at else "-"
+            used = t.last_used_at.isoformat(timespec="minutes") if t.last_used_at else "-"
+            click.echo(
+                f"{t.id}\t{t.user.email}\t{t.token_prefix}…\t{state}\t{expires}\t{used}\t{t.name}"
+            )
+
+
+@token.command("revoke")
+@click.argument("token_id", type=int)
+@pass_ctx
+def token_revoke(ctx: Context, token_id: int) -> None:
+    """Révoquer un jeton personnel."""
+    with ctx.tx() as s:
+        t = accounts.revoke_personal_token(s, ctx.actor, token_id, now=utcnow())
+        owner = t.user.email
+    click.echo(f"Jeton n° {t.id} révoqué : {t.name} ({owner})")
 
 
 # --- vault and keys ----------------------------------------------------------------
@@ -1301,3 +1396,79 @@ def totp(ctx: Context, email: str) -> None:
             raise ConfigError("Cette commande n'existe que sur une instance de démonstration.")
         code = accounts.current_totp(ctx.keys, accounts.get_user(s, email), utcnow())
     click.echo(code)
+
+
+# --- registry ------------------------------------------------------------------------
+
+
+@main.group()
+def registry() -> None:
+    """Registres d'état civil : reprise des registres papier."""
+
+
+@registry.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--commune", "insee", required=True, help="Code INSEE de la commune.")
+@click.option(
+    "--scans",
+    "scans_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Dossier des numérisations PDF (défaut : celui du fichier).",
+)
+@click.option("--dry-run", is_flag=True, help="Vérifier seulement : rien n'est écrit.")
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Écrire aussi le rapport en JSON (lignes, champs, messages ; aucune donnée personnelle).",
+)
+@pass_ctx
+def registry_import(
+    ctx: Context,
+    source: Path,
+    insee: str,
+    scans_dir: Path | None,
+    dry_run: bool,
+    report_path: Path | None,
+) -> None:
+    """Importer les actes d'un registre papier numérisé (SOURCE : .csv ou .json) :
+    chaque ligne est vérifiée, puis tout est importé en une fois, ou rien. Format :
+    docs/registry-import.md."""
+    from securex.errors import ValidationFailed
+    from securex.registry.importer import import_file
+    from securex.registry.service import tenant_of
+
+    with ctx.tx() as db:
+        tenant_of(db, insee)  # an unknown commune, an instance not initialised: said here
+    try:
+        report = import_file(
+            source,
+            insee=insee,
+            scans_dir=scans_dir,
+            dry_run=dry_run,
+            session_factory=ctx.factory,
+            vault=ctx.vault,
+            actor=ctx.actor,
+            now=utcnow(),
+            max_scan_bytes=int(ctx.settings["registry.max_scan_bytes"]),
+            progress=lambda label, length: click.progressbar(
+                length=length, label=label, file=sys.stderr
+            ),
+        )
+    except DBAPIError as exc:
+        raise ConfigError(
+            f"Base de données : erreur pendant l'import ({exc.orig.__class__.__name__}) ; "
+            "rien n'a été importé."
+        ) from None
+    if report_path is not None:
+        report_path.write_text(
+            json.dumps(report.to_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+    if not report.ok:
+        click.secho(f"Erreur : {report.summary()}", fg="red", err=True)
+        for line in report.text_lines():
+            click.echo(f"  - {line}", err=True)
+        sys.exit(ValidationFailed.exit_code)
+    click.echo(report.summary())

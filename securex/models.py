@@ -2,6 +2,14 @@
 
 from securex.accounts import models as accounts_models
 from securex.audit import models as audit_models
+from securex.jobs import models as jobs_models
+from securex.registry import models as registry_models
 from securex.vault import models as vault_models
 
-__all__ = ["accounts_models", "audit_models", "vault_models"]
+__all__ = [
+    "accounts_models",
+    "audit_models",
+    "jobs_models",
+    "registry_models",
+    "vault_models",
+]

@@ -274,3 +274,74 @@ def softhsm_token() -> str:
 
     softhsm.init_token("securex-test")
     return "securex-test"
+
+
+# --- registry: a demo PKI with officers' certificates, the jobs runtime ---------------
+
+# Tests share one demo PKI (its keys take seconds to make): its password derives from
+# this instance secret, written into each test's instance that needs the PKI.
+PKI_SECRET = bytes(range(32))
+PKI_OFFICERS = 12  # officer1@… to officer12@commune.example.fr (the factory's e-mails)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# Where the shared PKI's certificates say its CRL and OCSP responder are: a test that
+# lets an outside validator (pdfsig) fetch them serves the app there.
+PKI_PORT = _free_port()
+
+
+@pytest.fixture(scope="session")
+def _pki_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from securex.signing.pki import OfficerIdentity, init_pki
+    from securex.signing.setup import demo_pki_password
+
+    folder = tmp_path_factory.mktemp("demo-pki") / "pki"
+    pki = init_pki(
+        folder,
+        base_url=f"http://127.0.0.1:{PKI_PORT}",
+        now=datetime.now(UTC) - timedelta(days=1),
+        password=demo_pki_password(PKI_SECRET),
+    )
+    for n in range(1, PKI_OFFICERS + 1):
+        who = OfficerIdentity(
+            email=f"officer{n}@commune.example.fr",
+            name=f"Officer {n}",
+            commune="Mont-de-Marsan",
+            insee="40192",
+        )
+        pki.issue_officer(who, key_type="ecdsa-p256", now=datetime.now(UTC) - timedelta(days=1))
+    return folder
+
+
+@pytest.fixture
+def demo_pki(settings: Settings, _pki_template: Path) -> Any:
+    """The shared demo PKI copied into this test's instance (and the instance secret
+    its password derives from). Request it before `app` or `keys`."""
+    from securex.signing.setup import load_demo_pki
+
+    (settings.instance / "keys" / "instance.key").write_bytes(PKI_SECRET)
+    shutil.copytree(_pki_template, settings.instance / "pki")
+    return load_demo_pki(settings.instance)
+
+
+@pytest.fixture
+def runtime(demo_pki: Any, settings: Settings, factory: Any, vault: Vault, clock: Clock) -> Any:
+    from securex.jobs.service import Runtime
+    from securex.registry import batch  # noqa: F401 (registers the job handlers)
+
+    return Runtime(
+        settings=settings,
+        sessions=factory,
+        vault=vault,
+        pki=demo_pki,
+        clock=clock,
+        environ={},
+    )

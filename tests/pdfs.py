@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+from pathlib import Path
 
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.generic import pdf_name
@@ -30,3 +32,24 @@ def one_page_pdf(text: str = "Acte de naissance n. 1") -> bytes:
     out = io.BytesIO()
     writer.write(out)
     return out.getvalue()
+
+
+def nss_trusting(folder: Path, roots_pem: bytes) -> str:
+    """An NSS database (as poppler's pdfsig reads) trusting `roots_pem`."""
+    folder.mkdir()
+    roots = folder / "roots.pem"
+    roots.write_bytes(roots_pem)
+    db = f"sql:{folder}"
+    subprocess.run(["certutil", "-N", "-d", db, "--empty-password"], check=True)
+    subprocess.run(
+        ["certutil", "-A", "-d", db, "-n", "securex-root", "-t", "CT,C,C", "-i", str(roots)],
+        check=True,
+    )
+    return db
+
+
+def pdfsig(nss: str, pdf: Path) -> str:
+    # pdfsig exits 0 even on a digest mismatch: callers read what it says.
+    return subprocess.run(
+        ["pdfsig", "-nssdir", nss, str(pdf)], capture_output=True, text=True
+    ).stdout

@@ -29,7 +29,7 @@ from securex.signing import pades
 from securex.signing.errors import SigningRefused
 from securex.signing.pki import OfficerIdentity, init_pki
 from securex.signing.signers import LoadedKeySigner, to_asn1
-from tests.pdfs import one_page_pdf
+from tests.pdfs import nss_trusting, one_page_pdf, pdfsig
 
 SECUREX = str(Path(sys.executable).with_name("securex"))
 OFFICER = OfficerIdentity(
@@ -359,26 +359,7 @@ def test_pdfsig_trusts_a_signature_checked_against_the_served_pki(demo, tmp_path
     signed = tmp_path / "signed.pdf"
     (tmp_path / "in.pdf").write_bytes(one_page_pdf())
     run(env, "sign", str(tmp_path / "in.pdf"), "-o", str(signed), "--level", "B-LT")
-    nss = tmp_path / "nss"
-    nss.mkdir()
-    roots = tmp_path / "root.pem"
-    roots.write_text(run(env, "pki", "roots").stdout)
-    subprocess.run(["certutil", "-N", "-d", f"sql:{nss}", "--empty-password"], check=True)
-    subprocess.run(
-        [
-            "certutil",
-            "-A",
-            "-d",
-            f"sql:{nss}",
-            "-n",
-            "securex-root",
-            "-t",
-            "CT,C,C",
-            "-i",
-            str(roots),
-        ],
-        check=True,
-    )
+    nss = nss_trusting(tmp_path / "nss", run(env, "pki", "roots").stdout.encode())
     server = subprocess.Popen(
         [SECUREX, "serve", "--port", str(port)],
         env=env,
@@ -394,19 +375,15 @@ def test_pdfsig_trusts_a_signature_checked_against_the_served_pki(demo, tmp_path
             except OSError:
                 assert time.monotonic() < deadline, "securex serve did not start"
                 time.sleep(0.2)
-        out = subprocess.run(
-            ["pdfsig", "-nssdir", f"sql:{nss}", str(signed)], capture_output=True, text=True
-        ).stdout
+        out = pdfsig(nss, signed)
         assert "Signature Validation: Signature is Valid." in out, out
         assert "Certificate Validation: Certificate is Trusted." in out, out
-        # pdfsig exits 0 even on a digest mismatch: read what it says of a tampered copy.
+        # A tampered copy: pdfsig must say so.
         data = bytearray(signed.read_bytes())
         data[data.index(b"Acte de naissance")] ^= 0x20
         tampered = tmp_path / "tampered.pdf"
         tampered.write_bytes(bytes(data))
-        out = subprocess.run(
-            ["pdfsig", "-nssdir", f"sql:{nss}", str(tampered)], capture_output=True, text=True
-        ).stdout
+        out = pdfsig(nss, tampered)
         assert "Signature is Valid." not in out and "Digest Mismatch" in out, out
     finally:
         server.terminate()

@@ -134,6 +134,25 @@ class ApiClient(Base):
     )
 
 
+class PersonalToken(Base):
+    """A user's own API token (an agent's script, a payroll system sending as an
+    agent): it acts as that user, within their commune and role."""
+
+    __tablename__ = "personal_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(120))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(12))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
 class WebSession(Base):
     """Server-side browser sessions: the cookie holds a random id, the row its hash."""
 

@@ -29,6 +29,7 @@ from securex.accounts.models import (
     ApiClient,
     ClientCategory,
     InstanceMeta,
+    PersonalToken,
     RateLimit,
     RecoveryCode,
     Role,
@@ -37,7 +38,13 @@ from securex.accounts.models import (
     WebSession,
 )
 from securex.audit import EventType, record
-from securex.errors import AuthenticationFailed, Conflict, NotFound, ValidationFailed
+from securex.errors import (
+    AccountLocked,
+    AuthenticationFailed,
+    Conflict,
+    NotFound,
+    ValidationFailed,
+)
 from securex.instance import derive_key
 from securex.vault import Keyring
 
@@ -580,6 +587,37 @@ def check_second_factor(
     return _register_failure(db, user, policy, now, "totp")
 
 
+def confirm_totp(
+    db: Session,
+    keys: AccountKeys,
+    user: User,
+    code: str,
+    *,
+    now: datetime,
+    policy: SecurityPolicy,
+) -> None:
+    """A fresh TOTP code confirming a sensitive operation (batch signing): a step later
+    than any accepted before, so neither the login code nor a replay passes; wrong
+    codes count toward the lockout like a failed login (the caller commits whatever
+    the outcome, so that they do). Recovery codes do not apply."""
+    if user.totp_sealed is None:
+        raise AuthenticationFailed("Ce compte n'a pas de second facteur : enrôlez-le d'abord.")
+    wait = _locked_for(user, now)
+    if wait:
+        raise AccountLocked(f"Compte verrouillé : réessayez dans {wait} minute(s).")
+    step = _totp_step(keys.unseal_totp(user.id, user.totp_sealed), code, now)
+    if step is not None and (user.totp_last_step is None or step > user.totp_last_step):
+        user.totp_last_step = step
+        return
+    if step is not None:
+        _audit(db, EventType.TOTP_REPLAY_REFUSED, user, actor=f"user:{user.id}", now=now)
+    _register_failure(db, user, policy, now, "totp-confirm")
+    raise AuthenticationFailed(
+        "Code de l'application d'authentification invalide ou déjà utilisé : "
+        "saisissez le code suivant affiché par l'application."
+    )
+
+
 def complete_login(
     db: Session, user: User, *, now: datetime, method: str, policy: SecurityPolicy
 ) -> None:
@@ -725,6 +763,115 @@ def authenticate_client(db: Session, token: str) -> ApiClient:
     if client is None or client.revoked_at is not None:
         raise AuthenticationFailed("Jeton d'accès inconnu ou révoqué.")
     return client
+
+
+# Personal tokens: a user's own API token, acting as that user (see docs/api.md).
+PERSONAL_TOKEN_PREFIX = "sxp_"  # noqa: S105 (told apart from a client's `sx_` by scanners and people)
+PERSONAL_TOKEN_DAYS = 365
+PERSONAL_TOKEN_MAX_DAYS = 730
+# `last_used_at` tells the owner whether a token still serves; a minute's precision is
+# enough for that, and spares a database write on every request of a busy script.
+LAST_USED_PRECISION = timedelta(minutes=1)
+
+
+def create_personal_token(
+    db: Session,
+    actor: Actor,
+    user: User,
+    *,
+    name: str,
+    now: datetime,
+    days: int | None = None,
+) -> tuple[PersonalToken, str]:
+    """A token acting as `user`, valid `days` days (365 unless given, 730 at most).
+    Returns the row and the token, which is never stored, only its hash."""
+    name = name.strip()
+    if not name:
+        raise ValidationFailed("Donnez un nom au jeton (par exemple le script qui l'utilise).")
+    if len(name) > 120:
+        raise ValidationFailed("Le nom du jeton ne doit pas dépasser 120 caractères.")
+    days = PERSONAL_TOKEN_DAYS if days is None else days
+    if not 1 <= days <= PERSONAL_TOKEN_MAX_DAYS:
+        raise ValidationFailed(
+            f"Durée de validité invalide : de 1 à {PERSONAL_TOKEN_MAX_DAYS} jours."
+        )
+    if not user.active:
+        raise ValidationFailed(f"Le compte {user.email} est désactivé.")
+    token = PERSONAL_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = PersonalToken(
+        user=user,
+        name=name,
+        token_hash=_hash_token(token),
+        token_prefix=token[:12],
+        created_at=now,
+        expires_at=now + timedelta(days=days),
+    )
+    db.add(row)
+    db.flush()
+    _audit(
+        db,
+        EventType.PERSONAL_TOKEN_CREATED,
+        user,
+        actor=str(actor),
+        now=now,
+        details={"token": row.id, "days": days},
+    )
+    return row, token
+
+
+def list_personal_tokens(db: Session, user: User | None = None) -> list[PersonalToken]:
+    """Every user's tokens, or `user`'s, oldest first (revoked and expired included)."""
+    query = select(PersonalToken).order_by(PersonalToken.id)
+    if user is not None:
+        query = query.where(PersonalToken.user_id == user.id)
+    return list(db.scalars(query))
+
+
+def personal_token_state(row: PersonalToken, now: datetime) -> str:
+    """ "actif", "expiré" or "révoqué", for lists."""
+    if row.revoked_at is not None:
+        return "révoqué"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expiré"
+    return "actif"
+
+
+def revoke_personal_token(
+    db: Session, actor: Actor, token_id: int, *, now: datetime, owner: User | None = None
+) -> PersonalToken:
+    """Revoke a token; with `owner`, only one of theirs (another's answers NotFound, like
+    a missing one). Revoking twice changes nothing."""
+    row = db.get(PersonalToken, token_id)
+    if row is None or (owner is not None and row.user_id != owner.id):
+        raise NotFound(f"Aucun jeton personnel n° {token_id}.")
+    if row.revoked_at is None:
+        row.revoked_at = now
+        _audit(
+            db,
+            EventType.PERSONAL_TOKEN_REVOKED,
+            row.user,
+            actor=str(actor),
+            now=now,
+            details={"token": row.id},
+        )
+    return row
+
+
+def authenticate_personal_token(db: Session, token: str, *, now: datetime) -> PersonalToken:
+    """The personal token a bearer token is, with its user. Unknown, revoked, expired and
+    a disabled owner all raise the same error as `authenticate_client`. Stamps
+    `last_used_at` when it is a minute old or more: the caller commits then."""
+    row = db.scalar(select(PersonalToken).where(PersonalToken.token_hash == _hash_token(token)))
+    if (
+        row is None
+        or row.revoked_at is not None
+        or (row.expires_at is not None and row.expires_at <= now)
+        or not row.user.active
+    ):
+        raise AuthenticationFailed("Jeton d'accès inconnu ou révoqué.")
+    if row.last_used_at is None or now - row.last_used_at >= LAST_USED_PRECISION:
+        row.last_used_at = now
+    return row
 
 
 # --- instance ----------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Login (password, then TOTP or a recovery code), TOTP enrolment, logout, dashboard."""
+"""Login (password, then TOTP or a recovery code), TOTP enrolment, logout, dashboard,
+the account page and its personal API tokens."""
 
 from __future__ import annotations
 
@@ -11,7 +12,11 @@ import qrcode
 import qrcode.image.svg
 from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
+from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
+from wtforms import SelectField, StringField
+from wtforms.fields.choices import SelectChoice
+from wtforms.validators import DataRequired, Length
 
 from securex.accounts import service
 from securex.accounts.forms import ActionForm, CodeForm, EnrolForm, LoginForm
@@ -296,11 +301,81 @@ def dashboard() -> str:
     return render_template("accounts/dashboard.html", action_form=ActionForm(), **context)
 
 
+TOKEN_VALIDITY = [
+    SelectChoice(30, "30 jours"),
+    SelectChoice(90, "90 jours"),
+    SelectChoice(180, "6 mois"),
+    SelectChoice(365, "1 an"),
+    SelectChoice(730, "2 ans"),
+]
+
+
+class TokenForm(FlaskForm):
+    name = StringField(
+        "Nom du jeton",
+        validators=[DataRequired("Donnez un nom au jeton."), Length(max=120)],
+        render_kw={"autocomplete": "off", "maxlength": 120},
+    )
+    days = SelectField("Validité", choices=TOKEN_VALIDITY, coerce=int, default=365)
+
+
+def _account_page(
+    form: TokenForm | None = None, new_token: dict[str, str] | None = None, status: int = 200
+) -> tuple[str, int]:
+    user: User = current_user
+    page = render_template(
+        "accounts/account_tokens.html",
+        action_form=ActionForm(),
+        recovery_left=service.remaining_recovery_codes(db(), user),
+        token_form=form or TokenForm(formdata=None),
+        tokens=[
+            (t, service.personal_token_state(t, now()))
+            for t in service.list_personal_tokens(db(), user)
+        ],
+        new_token=new_token,
+    )
+    return page, status
+
+
 @bp.get("/compte")
 @login_required
-def account() -> str:
-    return render_template(
-        "accounts/account.html",
-        action_form=ActionForm(),
-        recovery_left=service.remaining_recovery_codes(db(), current_user),
-    )
+def account() -> tuple[str, int]:
+    return _account_page()
+
+
+@bp.post("/compte/jetons")
+@login_required
+def create_token() -> tuple[str, int]:
+    """The token is in this one answer only (never in the session or a flash message):
+    reloading the page does not show it again."""
+    form = TokenForm()
+    if not form.validate_on_submit():
+        return _account_page(form, status=400)
+    user: User = current_user
+    try:
+        row, token = service.create_personal_token(
+            db(),
+            service.Actor.for_user(user),
+            user,
+            name=form.name.data or "",
+            days=form.days.data,
+            now=now(),
+        )
+    except ValidationFailed as exc:
+        form.form_errors.append(exc.detail)
+        return _account_page(form, status=422)
+    db().commit()
+    return _account_page(new_token={"name": row.name, "secret": token}, status=201)
+
+
+@bp.post("/compte/jetons/<int:token_id>/revoquer")
+@login_required
+def revoke_token(token_id: int) -> Response:
+    if ActionForm().validate_on_submit():
+        user: User = current_user
+        row = service.revoke_personal_token(
+            db(), service.Actor.for_user(user), token_id, now=now(), owner=user
+        )
+        db().commit()
+        flash(f"Jeton « {row.name} » révoqué.", "success")
+    return redirect(url_for("accounts.account") + "#jetons")

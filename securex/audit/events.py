@@ -25,6 +25,9 @@ class EventType(StrEnum):
     # API clients
     CLIENT_CREATED = "accounts:api-client:created"
     CLIENT_REVOKED = "accounts:api-client:revoked"
+    # Personal API tokens
+    PERSONAL_TOKEN_CREATED = "accounts:personal-token:created"  # noqa: S105 (an event name)
+    PERSONAL_TOKEN_REVOKED = "accounts:personal-token:revoked"  # noqa: S105 (an event name)
     # Vault
     VAULT_TENANT_KEY_CREATED = "vault:tenant-key:created"
     VAULT_TENANT_KEY_ROTATED = "vault:tenant-key:rotated"
@@ -37,6 +40,28 @@ class EventType(StrEnum):
     CERTIFICATE_REVOKED = "signing:certificate:revoked"
     DOCUMENT_SIGNED = "signing:document:signed"
     DOCUMENT_RENEWED = "signing:document:timestamp-renewed"
+    # Registry (état civil)
+    ACT_DRAFTED = "registry:act:drafted"
+    ACT_UPDATED = "registry:act:updated"
+    ACT_SUBMITTED = "registry:act:submitted"
+    ACT_SIGNED = "registry:act:signed"
+    ACT_IMPORTED = "registry:act:imported"
+    ACT_VIEWED = "registry:act:viewed"
+    ACT_SEARCHED = "registry:act:searched"
+    SCAN_ATTACHED = "registry:scan:attached"
+    MENTION_DRAFTED = "registry:mention:drafted"
+    MENTION_SUBMITTED = "registry:mention:submitted"
+    MENTION_SIGNED = "registry:mention:signed"
+    AVIS_SENT = "registry:avis:sent"
+    AVIS_SIGNED = "registry:avis:signed"
+    AVIS_APPLIED = "registry:avis:applied"
+    AVIS_REJECTED = "registry:avis:rejected"
+    DELIVERY_REQUESTED = "registry:delivery:requested"
+    DELIVERY_ISSUED = "registry:delivery:issued"
+    DELIVERY_VERIFIED = "registry:delivery:verified"
+    DOCUMENT_DOWNLOADED = "registry:document:downloaded"
+    SIGNATURE_FAILED = "registry:signature:failed"
+    BATCH_REQUESTED = "registry:batch:requested"
     # Audit
     EVIDENCE_ISSUED = "audit:evidence:issued"
     # Instance

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,10 +24,10 @@ from securex.audit.checkpoint import Checkpoint
 from securex.audit.merkle import ProofError
 from securex.audit.models import AuditCheckpoint, AuditEvent
 from securex.audit.proofs import PROOF_FORMAT, check_proof, checkpoint_json, event_proof
+from securex.fonts import font_path
 
 EVIDENCE_FORMAT = "securex-evidence/1"
 PARIS = ZoneInfo("Europe/Paris")
-FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
 
 
 def build_evidence(
@@ -86,17 +85,6 @@ def check_evidence(
     return checkpoint
 
 
-def _font(name: str) -> str:
-    path = FONT_DIR / name
-    if not path.exists():
-        from securex.errors import ConfigError
-
-        raise ConfigError(
-            f"Police {path} absente : installez le paquet Debian « fonts-dejavu-core »."
-        )
-    return str(path)
-
-
 def render_pdf(evidence: dict[str, Any], origin: str) -> bytes:
     """The dossier de preuve for people, in French, with the JSON attached."""
     from fpdf import FPDF
@@ -105,8 +93,8 @@ def render_pdf(evidence: dict[str, Any], origin: str) -> bytes:
     pdf.set_title(f"Dossier de preuve — {evidence['subject']}")
     pdf.set_author("securex")
     pdf.set_creator("securex")
-    pdf.add_font("DejaVu", "", _font("DejaVuSans.ttf"))
-    pdf.add_font("DejaVu", "B", _font("DejaVuSans-Bold.ttf"))
+    pdf.add_font("DejaVu", "", font_path("DejaVuSans.ttf"))
+    pdf.add_font("DejaVu", "B", font_path("DejaVuSans-Bold.ttf"))
     pdf.set_auto_page_break(auto=True, margin=15)
     pdf.add_page()
     width = pdf.w - pdf.l_margin - pdf.r_margin

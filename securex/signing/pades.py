@@ -8,6 +8,7 @@ No PDF or CMS structure is built here: everything goes through pyHanko.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import uuid
@@ -15,12 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from cryptography import x509
+from pyhanko.pdf_utils.font.opentype import GlyphAccumulator, GlyphAccumulatorFactory
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.misc import PdfError, PdfReadError
 from pyhanko.pdf_utils.reader import PdfFileReader
+from pyhanko.pdf_utils.text import TextBoxStyle
 from pyhanko.sign import fields, signers
 from pyhanko.sign.general import SigningError
 from pyhanko.sign.timestamps.api import TimeStamper
@@ -29,6 +34,7 @@ from pyhanko.stamp.text import TextStampStyle
 from pyhanko_certvalidator import ValidationContext
 from pyhanko_certvalidator.errors import PathValidationError, RevokedError, ValidationError
 
+from securex.fonts import font_path
 from securex.signing.errors import SigningRefused
 
 __all__ = ["Appearance", "Level", "SigningRefused", "SigningSetup", "inspect", "renew", "sign"]
@@ -156,6 +162,26 @@ def check_signer(setup: SigningSetup, now: datetime) -> None:
         ) from None
 
 
+class _InMemoryFont(GlyphAccumulatorFactory):
+    """pyHanko's factory opens the font file and never closes it (a ResourceWarning per
+    signature); the font is read once and handed over from memory instead."""
+
+    def create_font_engine(self, writer: Any, obj_stream: Any = None) -> GlyphAccumulator:
+        if obj_stream is None and writer.stream_xrefs and self.create_objstream_if_needed:
+            obj_stream = writer.prepare_object_stream()
+        return GlyphAccumulator(
+            writer=writer,
+            font_handle=io.BytesIO(_font_bytes(self.font_file)),
+            font_size=self.font_size,
+            obj_stream=obj_stream,
+        )
+
+
+@functools.cache
+def _font_bytes(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 def _stamp(appearance: Appearance, now: datetime) -> tuple[TextStampStyle, dict[str, str]]:
     text = (
         "Signé électroniquement par\n%(officer)s\n%(role)s — %(commune)s\nle %(date)s\n%(reason)s"
@@ -167,7 +193,11 @@ def _stamp(appearance: Appearance, now: datetime) -> tuple[TextStampStyle, dict[
         "date": now.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M"),
         "reason": appearance.reason,
     }
-    return TextStampStyle(stamp_text=text, border_width=1), params
+    # An embedded font (pyHanko's default, Courier, is not): copies stay PDF/A and
+    # `pdffonts` shows every font embedded.
+    font = _InMemoryFont(font_path(), font_size=8)
+    style = TextStampStyle(stamp_text=text, border_width=1, text_box_style=TextBoxStyle(font=font))
+    return style, params
 
 
 def sign(data: bytes, setup: SigningSetup, appearance: Appearance, now: datetime) -> bytes:

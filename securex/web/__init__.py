@@ -13,6 +13,7 @@ from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import IntegerConverter
 
 from securex.errors import PayloadTooLarge, SecurexError, UnsupportedMediaType
 from securex.web.api import HTTP_TITLES, ApiBlueprint, problem, problem_from_error
@@ -148,7 +149,17 @@ class Request(flask.Request):
         return io.BytesIO()
 
 
+class DatabaseId(IntegerConverter):
+    """`<int:…>` in every route: ids beyond a 32-bit column are simply not found (404),
+    rather than an overflow inside the database driver (500)."""
+
+    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
+    app.url_map.converters["int"] = DatabaseId
     app.request_class = Request
     app.session_interface = DbSessionInterface()
     csrf.init_app(app)

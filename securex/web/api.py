@@ -1,12 +1,14 @@
 """The /api/v1 plumbing: operations declared with pydantic models, bearer-token
-authentication, strict JSON parsing, RFC 9457 problem+json, and an OpenAPI document
-built from the declarations themselves."""
+authentication (API clients' tokens, users' personal tokens), strict JSON parsing,
+RFC 9457 problem+json, and an OpenAPI document built from the declarations themselves."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import wraps
 from typing import Any
 
@@ -14,15 +16,15 @@ from flask import Blueprint, Response, current_app, g, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from securex import __version__
-from securex.accounts.models import ApiClient
-from securex.accounts.service import authenticate_client
+from securex.accounts.models import ApiClient, User
+from securex.accounts.service import authenticate_client, authenticate_personal_token
 from securex.errors import (
     AuthenticationFailed,
     SecurexError,
     UnsupportedMediaType,
     ValidationFailed,
 )
-from securex.web.context import db
+from securex.web.context import db, now
 
 PROBLEM_TYPE = "urn:securex:problem:"
 
@@ -61,6 +63,35 @@ class Problem(BaseModel):
     errors: list[dict[str, Any]] | None = None
 
 
+class Auth(StrEnum):
+    """Which bearer token an operation takes. Each kind is looked up in its own table
+    only, so the other kind's token fails exactly like an unknown one (no oracle)."""
+
+    NONE = "none"  # public
+    CLIENT = "client"  # an API client's token (`sx_…`): requester organisations
+    USER = "user"  # a personal token (`sxp_…`): acts as the user who made it
+
+    @property
+    def note(self) -> str:
+        """What the OpenAPI description says about it."""
+        return AUTH_NOTES[self]
+
+
+AUTH_NOTES = {
+    Auth.NONE: "",
+    Auth.CLIENT: "Jeton : celui d'un client API (`sx_…`).",
+    Auth.USER: "Jeton : un jeton personnel (`sxp_…`), qui agit au nom de son titulaire.",
+}
+
+
+def _auth(value: bool | Auth) -> Auth:
+    """`True` is an API client's token (what every operation took before personal
+    tokens existed), `False` none."""
+    if isinstance(value, bool):
+        return Auth.CLIENT if value else Auth.NONE
+    return Auth(value)
+
+
 @dataclass
 class Operation:
     method: str
@@ -71,11 +102,12 @@ class Operation:
     response: type[BaseModel] | None
     status: int
     body: type[BaseModel] | None
-    auth: bool
+    auth: Auth
     errors: tuple[int, ...]
     description: str = ""
     query: list[dict[str, Any]] = field(default_factory=list)
     raw_body: str | None = None  # media type of a non-JSON body the view reads itself
+    raw_response: str | None = None  # media type of a non-JSON answer the view builds
 
 
 class ApiBlueprint(Blueprint):
@@ -95,11 +127,15 @@ class ApiBlueprint(Blueprint):
         response: type[BaseModel] | None = None,
         status: int = 200,
         body: type[BaseModel] | None = None,
-        auth: bool = True,
+        auth: bool | Auth = True,
         errors: tuple[int, ...] = (),
         query: list[dict[str, Any]] | None = None,
         raw_body: str | None = None,
+        raw_response: str | None = None,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Declare an operation. `auth`: see `Auth` (`True`: an API client's token).
+        With `raw_response` (a media type) the view returns a Flask `Response` itself."""
+
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             op = Operation(
                 method,
@@ -110,23 +146,28 @@ class ApiBlueprint(Blueprint):
                 response,
                 status,
                 body,
-                auth,
+                _auth(auth),
                 errors,
-                (fn.__doc__ or "").strip(),
+                inspect.cleandoc(fn.__doc__ or ""),
                 query or [],
                 raw_body,
+                raw_response,
             )
             self.operations.append(op)
 
             @wraps(fn)
             def view(**kwargs: Any) -> Response:
-                if op.auth:
-                    g.api_client = _authenticate()
+                if op.auth is Auth.CLIENT:
+                    g.api_client = authenticate_client(db(), _bearer())
+                elif op.auth is Auth.USER:
+                    g.api_user = _authenticate_user()
                 if op.body is not None:
                     kwargs["body"] = _parse_body(op.body)
                 if op.raw_body is not None and request.mimetype != op.raw_body:
                     raise UnsupportedMediaType(f"Le corps doit être de type {op.raw_body}.")
                 result = fn(**kwargs)
+                if isinstance(result, Response):
+                    return result
                 headers: dict[str, str] = {}
                 status = op.status
                 if isinstance(result, tuple):
@@ -149,12 +190,27 @@ def current_client() -> ApiClient:
     return client
 
 
-def _authenticate() -> ApiClient:
+def current_api_user() -> User:
+    """The user whose personal token authenticated the request (`auth=Auth.USER`)."""
+    user: User = g.api_user
+    return user
+
+
+def _bearer() -> str:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise AuthenticationFailed("En-tête « Authorization: Bearer <jeton> » attendu.")
-    return authenticate_client(db(), token.strip())
+    return token.strip()
+
+
+def _authenticate_user() -> User:
+    session = db()
+    token = authenticate_personal_token(session, _bearer(), now=now())
+    if session.is_modified(token):
+        # `last_used_at` moved (at most once a minute): kept even if the operation fails.
+        session.commit()
+    return token.user
 
 
 def _parse_body(model: type[BaseModel]) -> BaseModel:
@@ -233,10 +289,17 @@ def openapi_document(blueprints: list[ApiBlueprint]) -> dict[str, Any]:
                     "description": op.summary,
                     "content": {"application/json": {"schema": ref(op.response)}},
                 }
+            elif op.raw_response is not None:
+                responses[str(op.status)] = {
+                    "description": op.summary,
+                    "content": {
+                        op.raw_response: {"schema": {"type": "string", "format": "binary"}}
+                    },
+                }
             else:
                 responses[str(op.status)] = {"description": op.summary}
             codes = set(op.errors) | {400}
-            if op.auth:
+            if op.auth is not Auth.NONE:
                 codes.add(401)
             if op.body is not None:
                 codes |= {413, 415, 422}
@@ -252,10 +315,11 @@ def openapi_document(blueprints: list[ApiBlueprint]) -> dict[str, Any]:
                 "summary": op.summary,
                 "tags": [op.tag],
                 "responses": responses,
-                "security": [{"bearer": []}] if op.auth else [],
+                "security": [{"bearer": []}] if op.auth is not Auth.NONE else [],
             }
-            if op.description:
-                entry["description"] = op.description
+            description = "\n\n".join(d for d in (op.description, op.auth.note) if d)
+            if description:
+                entry["description"] = description
             if params or op.query:
                 entry["parameters"] = params + op.query
             if op.body is not None:
@@ -275,7 +339,8 @@ def openapi_document(blueprints: list[ApiBlueprint]) -> dict[str, Any]:
             "title": "securex API",
             "version": __version__,
             "description": "API des organismes demandeurs (notaires, administrations, "
-            "guichets, mairies). Erreurs au format RFC 9457.",
+            "guichets, mairies), avec un jeton de client API, et des agents des communes, "
+            "avec leur jeton personnel. Erreurs au format RFC 9457.",
         },
         "servers": [{"url": current_app.config["SECUREX_BASE_URL"]}],
         "paths": paths,

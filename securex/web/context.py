@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from securex.accounts.service import AccountKeys, SecurityPolicy
 from securex.config import Settings
+from securex.jobs.service import Runtime
 from securex.vault import Vault
 
 
@@ -28,6 +30,17 @@ class AppState:
     pki: Any = None  # the demo PKI (securex.signing.pki.DemoPki), if the instance has one
     trust_roots: list[Any] = field(default_factory=list)
     other_certs: list[Any] = field(default_factory=list)
+
+    def runtime(self) -> Runtime:
+        """What background jobs need, from this application's state."""
+        return Runtime(
+            settings=self.settings,
+            sessions=self.sessions,
+            vault=self.vault,
+            pki=self.pki,
+            clock=self.clock,
+            environ=os.environ,
+        )
 
 
 def state() -> AppState:

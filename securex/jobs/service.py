@@ -1,0 +1,211 @@
+"""Background jobs kept in the database, so that any web node can enqueue and any
+worker (a thread of `make run`, or `securex worker` processes) can run them.
+
+A job is claimed in its own transaction (`FOR UPDATE SKIP LOCKED` on PostgreSQL;
+SQLite serialises writers), then run by the handler its kind names. A worker that
+dies leaves its job `running` with a stale heartbeat; the next claim puts it back in
+the queue, and handlers are written so that running an item twice is harmless (an
+item already signed is skipped), so a crash loses nothing and signs nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from securex.db import transaction
+from securex.errors import NotFound
+from securex.jobs.models import Job
+
+log = logging.getLogger(__name__)
+
+STALE_AFTER = timedelta(minutes=5)
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class Runtime:
+    """What handlers need, whoever runs them (web process, CLI worker, tests)."""
+
+    settings: Any
+    sessions: sessionmaker[Session]
+    vault: Any
+    pki: Any
+    clock: Callable[[], datetime]
+    environ: Mapping[str, str]
+
+
+Handler = Callable[[Runtime, int], None]
+HANDLERS: dict[str, Handler] = {}
+
+
+def handler(kind: str) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        HANDLERS[kind] = fn
+        return fn
+
+    return register
+
+
+def enqueue(
+    db: Session,
+    kind: str,
+    payload: Mapping[str, Any],
+    *,
+    tenant_id: int | None,
+    actor: str,
+    now: datetime,
+    total: int = 0,
+) -> int:
+    job = Job(
+        kind=kind,
+        tenant_id=tenant_id,
+        created_by=actor,
+        payload=json.dumps(payload, sort_keys=True),
+        status="queued",
+        total=total,
+        done=0,
+        failed=0,
+        result="[]",
+        attempts=0,
+        created_at=now,
+        run_after=now,
+    )
+    db.add(job)
+    db.flush()
+    return job.id
+
+
+def get_job(db: Session, job_id: int, *, tenant_id: int | None = None) -> Job:
+    job = db.get(Job, job_id)
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
+        raise NotFound("Tâche introuvable.")
+    return job
+
+
+def _requeue_stale(db: Session, now: datetime) -> None:
+    db.execute(
+        update(Job)
+        .where(Job.status == "running", Job.heartbeat_at < now - STALE_AFTER)
+        .values(status="queued", worker=None)
+    )
+
+
+def claim(db: Session, worker: str, now: datetime) -> int | None:
+    """Take the oldest job due, or None."""
+    _requeue_stale(db, now)
+    job = db.scalar(
+        select(Job)
+        .where(Job.status == "queued", Job.run_after <= now)
+        .order_by(Job.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    if job is None:
+        return None
+    job.status = "running"
+    job.worker = worker
+    job.attempts += 1
+    job.started_at = job.started_at or now
+    job.heartbeat_at = now
+    return job.id
+
+
+def progress(
+    rt: Runtime, job_id: int, item: Mapping[str, Any], *, ok: bool, db: Session | None = None
+) -> None:
+    """Count one item done (or failed) and keep its line of result; also the
+    heartbeat. Pass `db` to do it in the caller's transaction (the item's own, so
+    that the item and its count commit together)."""
+
+    def apply(session: Session) -> None:
+        job = session.get(Job, job_id)
+        assert job is not None
+        lines = json.loads(job.result)
+        lines.append(dict(item))
+        job.result = json.dumps(lines, ensure_ascii=False)
+        job.done += 1
+        job.failed += 0 if ok else 1
+        job.heartbeat_at = rt.clock()
+
+    if db is not None:
+        apply(db)
+    else:
+        with transaction(rt.sessions) as session:
+            apply(session)
+
+
+def run_one(rt: Runtime, worker: str) -> bool:
+    """Claim and run one job; False when there was none."""
+    with transaction(rt.sessions) as db:
+        job_id = claim(db, worker, rt.clock())
+        kind = db.get(Job, job_id).kind if job_id else None  # type: ignore[union-attr]
+    if job_id is None or kind is None:
+        return False
+    try:
+        HANDLERS[kind](rt, job_id)
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job_id, kind)
+        with transaction(rt.sessions) as db:
+            job = db.get(Job, job_id)
+            assert job is not None
+            if job.attempts < MAX_ATTEMPTS:
+                job.status = "queued"
+                job.run_after = rt.clock() + timedelta(seconds=30 * 2**job.attempts)
+            else:
+                job.status = "failed"
+                job.finished_at = rt.clock()
+            job.error = f"{exc.__class__.__name__}: {exc}"[:500]
+        return True
+    with transaction(rt.sessions) as db:
+        job = db.get(Job, job_id)
+        assert job is not None
+        job.status = "done"
+        job.finished_at = rt.clock()
+    return True
+
+
+def run_pending(rt: Runtime, worker: str = "inline") -> int:
+    """Run every job due now (tests, `securex worker --once`)."""
+    count = 0
+    while run_one(rt, worker):
+        count += 1
+    return count
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+class WorkerThread(threading.Thread):
+    """The in-process worker of an embedded instance (`make run`)."""
+
+    def __init__(self, rt: Runtime, poll_seconds: float = 1.0) -> None:
+        super().__init__(name="securex-worker", daemon=True)
+        self.rt = rt
+        self.poll_seconds = poll_seconds
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        name = worker_name()
+        while not self.stopping.is_set():
+            try:
+                busy = run_one(self.rt, name)
+            except Exception:
+                log.exception("worker poll failed")
+                busy = False
+            if not busy:
+                self.stopping.wait(self.poll_seconds)
+
+    def stop(self) -> None:
+        self.stopping.set()
