@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from logging.handlers import WatchedFileHandler
 from pathlib import Path
 from typing import Any
@@ -103,10 +103,13 @@ def create_app(
     zone = ZoneInfo(settings["timezone"])
 
     @app.template_filter("date_fr")
-    def date_fr(value: datetime | None, with_time: bool = False) -> str:
-        """JJ/MM/AAAA (and HH:MM) in the configured zone, Europe/Paris by default."""
+    def date_fr(value: datetime | date | None, with_time: bool = False) -> str:
+        """JJ/MM/AAAA (and HH:MM) in the configured zone, Europe/Paris by default; a
+        calendar date has no zone to convert."""
         if value is None:
             return ""
+        if not isinstance(value, datetime):
+            return value.strftime("%d/%m/%Y")
         local = value.astimezone(zone)
         return local.strftime("%d/%m/%Y %H:%M" if with_time else "%d/%m/%Y")
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from securex.accounts import service as accounts
 from securex.accounts.models import User
@@ -351,8 +351,12 @@ def test_marriage_sends_avis_to_birth_communes_and_receipts_return(reg):
     reg.sign(f"act:{wedding}")
 
     with transaction(reg.factory) as db:
-        sent = service.list_avis(db, reg.actor(reg.agent), MDM, incoming=False, vault=reg.vault)
-        received = service.list_avis(db, reg.actor(dax_agent), DAX, incoming=True, vault=reg.vault)
+        sent = service.list_avis(
+            db, reg.actor(reg.agent), MDM, incoming=False, now=reg.clock(), vault=reg.vault
+        )
+        received = service.list_avis(
+            db, reg.actor(dax_agent), DAX, incoming=True, now=reg.clock(), vault=reg.vault
+        )
     # Pierre was born in Dax (on the platform): into Dax's queue, due in 60 days.
     # Maïté was born in Bayonne (not on the platform): a PDF to sign and send.
     by_commune = {a.target_commune: a for a in sent}
@@ -379,7 +383,9 @@ def test_marriage_sends_avis_to_birth_communes_and_receipts_return(reg):
     reg.clock.advance(days=3)
     reg.sign(f"mention:{mention_id}", officer=dax_officer)
     with transaction(reg.factory) as db:
-        receipt = service.get_avis(db, reg.actor(reg.agent), MDM, incoming.id, vault=reg.vault)
+        receipt = service.get_avis(
+            db, reg.actor(reg.agent), MDM, incoming.id, now=reg.clock(), vault=reg.vault
+        )
     assert receipt.status is AvisStatus.APPLIED and receipt.receipt_at == reg.clock()
     (mention,) = reg.act(birth, DAX).mentions
     assert mention.view.kind.value == "mariage" and "Maïté" in mention.view.facts.texte
@@ -401,7 +407,7 @@ def test_an_avis_can_be_rejected_with_a_reason(reg):
     reg.sign(f"act:{reg.draft('mariage', mariage())}")
     with transaction(reg.factory) as db:
         (incoming,) = service.list_avis(
-            db, reg.actor(dax_agent), DAX, incoming=True, vault=reg.vault
+            db, reg.actor(dax_agent), DAX, incoming=True, now=reg.clock(), vault=reg.vault
         )
         with pytest.raises(ValidationFailed):
             service.reject_avis(
@@ -423,7 +429,9 @@ def test_an_avis_can_be_rejected_with_a_reason(reg):
             vault=reg.vault,
         )
     with transaction(reg.factory) as db:
-        rec = service.get_avis(db, reg.actor(reg.agent), MDM, incoming.id, vault=reg.vault)
+        rec = service.get_avis(
+            db, reg.actor(reg.agent), MDM, incoming.id, now=reg.clock(), vault=reg.vault
+        )
     assert rec.status is AvisStatus.REJECTED and rec.reason == "Aucun acte de naissance"
 
 
@@ -684,8 +692,75 @@ def test_mentions_of_pending_items_are_listed_in_the_queue(reg):
             now=reg.clock(),
             vault=reg.vault,
         )
-        queue = service.signature_queue(db, reg.actor(reg.officer), MDM, vault=reg.vault)
+        queue = service.signature_queue(
+            db, reg.actor(reg.officer), MDM, now=reg.clock(), vault=reg.vault
+        )
     assert [q.ref.split(":")[0] for q in queue] == ["act", "mention", "delivery"]
     assert queue[0].ref == f"act:{second}" and "BERNARD Tom" in queue[0].label
     with reg.factory() as db:
         assert db.scalar(select(func.count()).select_from(Mention)) == 1
+
+
+def test_an_off_platform_avis_and_a_scan_can_be_previewed_and_downloaded(reg):
+    wedding = reg.draft("mariage", mariage("Mont-de-Marsan", "Bayonne"))
+    reg.sign(f"act:{wedding}")
+    with transaction(reg.factory) as db:
+        sent = service.list_avis(
+            db, reg.actor(reg.agent), MDM, incoming=False, now=reg.clock(), vault=reg.vault
+        )
+        off = next(a for a in sent if a.target_commune == "Bayonne")
+        preview = service.preview(
+            db, reg.actor(reg.officer), MDM, f"avis:{off.id}", now=reg.clock(), vault=reg.vault
+        )
+        assert preview.startswith(b"%PDF") and b"/ByteRange" not in preview
+        scan = b"%PDF-1.4\n% page 12 of the 1987 register\n%%EOF\n"
+        scan_id = service.attach_scan(
+            db,
+            reg.actor(reg.agent),
+            MDM,
+            wedding,
+            filename="p12.pdf",
+            data=scan,
+            now=reg.clock(),
+            vault=reg.vault,
+        )
+        data, _ = service.document(
+            db, reg.actor(reg.agent), MDM, f"scan:{scan_id}", now=reg.clock(), vault=reg.vault
+        )
+        assert data == scan
+        with pytest.raises(NotFound):
+            service.document(
+                db, reg.actor(reg.agent), MDM, "act:99999999999", now=reg.clock(), vault=reg.vault
+            )
+        with pytest.raises(ValidationFailed):
+            service.document(
+                db, reg.actor(reg.agent), MDM, "nothing:1", now=reg.clock(), vault=reg.vault
+            )
+    assert events(reg.factory, "registry:avis:listed")[0].tenant == MDM
+
+
+def test_the_worker_command_runs_queued_batches(reg, settings, monkeypatch):
+    from click.testing import CliRunner
+
+    from securex.cli import main
+
+    act_id = reg.draft()
+    reg.clock.advance(seconds=30)
+    with transaction(reg.factory) as db:
+        start_batch(
+            db,
+            reg.make.keys,
+            reg.make.policy,
+            reg.make.get_user(reg.officer.id),
+            [f"act:{act_id}"],
+            totp_code=reg.officer.code(reg.clock()),
+            now=reg.clock(),
+        )
+    with transaction(reg.factory) as db:  # the command runs on the real clock
+        db.execute(update(Job).values(run_after=reg.clock() - timedelta(days=3)))
+    monkeypatch.setenv("SECUREX_INSTANCE", str(settings.instance))
+    monkeypatch.setenv("SECUREX_DATABASE_URL", settings.database_url)
+    result = CliRunner().invoke(main, ["worker", "--once"])
+    assert result.exit_code == 0, result.output
+    assert "1 tâche(s) exécutée(s)." in result.output
+    assert reg.act(act_id).status == "signed"

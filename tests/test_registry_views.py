@@ -484,6 +484,28 @@ def test_a_requested_but_unsigned_copy_is_unknown(demo_pki, runtime, app, make, 
     assert app.test_client().get(f"/verifier/{code}").status_code == 404
 
 
+def test_code_lookups_are_rate_limited_per_address(demo_pki, app, settings, make):
+    make.tenant()
+    settings.values["registry"]["verify_per_address"] = 3
+    visitor = app.test_client()
+    statuses = [visitor.get("/verifier/ZZZZ-ZZZZ-ZZZZ").status_code for _ in range(5)]
+    assert statuses == [404, 404, 404, 429, 429]
+    assert "Trop de vérifications" in text(visitor.get("/verifier/ZZZZ-ZZZZ-ZZZZ"))
+    other = app.test_client().get(
+        "/verifier/ZZZZ-ZZZZ-ZZZZ", environ_base={"REMOTE_ADDR": "192.0.2.9"}
+    )
+    assert other.status_code == 404  # another address has its own budget
+    with make.session() as db:
+        refused = list(
+            db.scalars(
+                select(AuditEvent.action).where(
+                    AuditEvent.action == "accounts:address:rate-limited"
+                )
+            )
+        )
+    assert len(refused) == 1  # once per window, not once per refusal
+
+
 # --- avis de mention ----------------------------------------------------------------------
 
 

@@ -487,26 +487,51 @@ def _register_failure(
     return LoginOutcome(LoginStatus.BAD_CREDENTIALS, user)
 
 
+def throttle(
+    db: Session,
+    keys: AccountKeys,
+    scope: str,
+    address: str,
+    *,
+    limit: int,
+    window_seconds: int,
+    now: datetime,
+    event: EventType = EventType.ADDRESS_RATE_LIMITED,
+) -> int:
+    """Count one request of `address` in `scope` ("login", "verify", …); returns 0 when
+    allowed, else the seconds to wait. The key is a keyed pseudonym of the address; the
+    first refusal of a window is audited, not every one (a flood must not flood the
+    log too). The caller commits whatever the outcome."""
+    key = f"{scope}:" + keys.pseudonym(address)
+    wait = _hit_rate_limit(db, key, limit=limit, window_seconds=window_seconds, now=now)
+    if wait:
+        row = db.get(RateLimit, key)
+        if row is not None and row.count == limit + 1:
+            record(
+                db,
+                event,
+                actor="anonymous",
+                subject=f"address:{key[len(scope) + 1 : len(scope) + 17]}",
+                details={"scope": scope},
+                now=now,
+            )
+    return wait
+
+
 def _address_allowed(
     db: Session, keys: AccountKeys, address: str, policy: SecurityPolicy, now: datetime
 ) -> LoginOutcome | None:
-    key = "login:" + keys.pseudonym(address)
-    wait = _hit_rate_limit(
-        db, key, limit=policy.attempts_per_address, window_seconds=policy.window_seconds, now=now
+    wait = throttle(
+        db,
+        keys,
+        "login",
+        address,
+        limit=policy.attempts_per_address,
+        window_seconds=policy.window_seconds,
+        now=now,
+        event=EventType.LOGIN_RATE_LIMITED,
     )
-    if not wait:
-        return None
-    row = db.get(RateLimit, key)
-    if row is not None and row.count == policy.attempts_per_address + 1:
-        # Once per window: a flood of refused attempts must not flood the log too.
-        record(
-            db,
-            EventType.LOGIN_RATE_LIMITED,
-            actor="anonymous",
-            subject=f"address:{key[6:22]}",
-            now=now,
-        )
-    return LoginOutcome(LoginStatus.RATE_LIMITED, None, wait)
+    return LoginOutcome(LoginStatus.RATE_LIMITED, None, wait) if wait else None
 
 
 def check_password_login(

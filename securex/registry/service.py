@@ -805,20 +805,46 @@ def _avis_record(db: Session, avis: Avis, readable: set[str]) -> AvisRecord:
 
 
 def list_avis(
-    db: Session, actor: Actor, insee: str, *, incoming: bool, vault: Vault
+    db: Session, actor: Actor, insee: str, *, incoming: bool, now: datetime, vault: Vault
 ) -> list[AvisRecord]:
-    """Avis received by the commune (incoming) or sent by it, newest first."""
+    """Avis received by the commune (incoming) or sent by it, newest first; the listing
+    (which opens their payloads) is audited once."""
     _check_tenant(actor, insee)
     tenant = tenant_of(db, insee)
     column = Avis.target_tenant_id if incoming else Avis.source_tenant_id
     ids = list(db.scalars(select(Avis.id).where(column == tenant.id).order_by(Avis.id.desc())))
-    return [get_avis(db, actor, insee, avis_id, vault=vault) for avis_id in ids]
+    found = [_avis(db, actor, insee, avis_id, vault=vault) for avis_id in ids]
+    record(
+        db,
+        EventType.AVIS_LISTED,
+        actor=str(actor),
+        subject=f"tenant:{insee}",
+        tenant=insee,
+        details={"incoming": incoming, "count": len(found)},
+        now=now,
+    )
+    return found
 
 
-def get_avis(db: Session, actor: Actor, insee: str, avis_id: int, *, vault: Vault) -> AvisRecord:
-    """An avis the commune sent or received. Its payload is sealed for one commune
-    (the target, or the sender when the target is off the platform): the other sees
-    the routing facts only."""
+def get_avis(
+    db: Session, actor: Actor, insee: str, avis_id: int, *, now: datetime, vault: Vault
+) -> AvisRecord:
+    """An avis the commune sent or received (audited)."""
+    found = _avis(db, actor, insee, avis_id, vault=vault)
+    record(
+        db,
+        EventType.AVIS_VIEWED,
+        actor=str(actor),
+        subject=f"avis:{avis_id}",
+        tenant=insee,
+        now=now,
+    )
+    return found
+
+
+def _avis(db: Session, actor: Actor, insee: str, avis_id: int, *, vault: Vault) -> AvisRecord:
+    """Its payload is sealed for one commune (the target, or the sender when the
+    target is off the platform): the other sees the routing facts only."""
     _check_tenant(actor, insee)
     row = db.execute(
         select(Avis.target_tenant_id, Avis.source_tenant_id).where(Avis.id == avis_id)
@@ -840,7 +866,7 @@ def avis_candidates(
     db: Session, actor: Actor, insee: str, avis_id: int, *, now: datetime, vault: Vault
 ) -> list[ActRecord]:
     """Birth acts of this commune matching the avis' subject (blind index)."""
-    rec = get_avis(db, actor, insee, avis_id, vault=vault)
+    rec = _avis(db, actor, insee, avis_id, vault=vault)
     if rec.target_insee != insee or rec.payload is None:
         raise NotFound("Avis de mention introuvable.")
     subject = rec.payload["subject"]
@@ -866,7 +892,7 @@ def apply_avis(
 ) -> int:
     """The receiving commune puts the avis' mention on its act; once the officier signs
     it, the avis is marked applied and the sender sees the receipt."""
-    rec = get_avis(db, actor, insee, avis_id, vault=vault)
+    rec = _avis(db, actor, insee, avis_id, vault=vault)
     if rec.target_insee != insee or rec.payload is None:
         raise NotFound("Avis de mention introuvable.")
     if rec.status != AvisStatus.SENT:
@@ -893,7 +919,7 @@ def apply_avis(
 def reject_avis(
     db: Session, actor: Actor, insee: str, avis_id: int, *, reason: str, now: datetime, vault: Vault
 ) -> None:
-    rec = get_avis(db, actor, insee, avis_id, vault=vault)
+    rec = _avis(db, actor, insee, avis_id, vault=vault)
     if rec.target_insee != insee:
         raise NotFound("Avis de mention introuvable.")
     if rec.status != AvisStatus.SENT:
@@ -1076,15 +1102,24 @@ class QueueItem:
     since: datetime
 
 
-def parse_ref(ref: str) -> tuple[str, int]:
+MAX_ID = 2**31 - 1  # id columns are 32-bit integers on PostgreSQL
+
+
+def parse_ref(ref: str, kinds: tuple[str, ...] = ITEM_KINDS) -> tuple[str, int]:
+    """ "act:12" -> ("act", 12); an id no row can have is simply not found."""
     kind, _, ident = ref.partition(":")
-    if kind not in ITEM_KINDS or not ident.isdigit():
-        raise ValidationFailed(f"Élément à signer inconnu : {ref!r}.")
+    if kind not in kinds or not ident.isdigit() or len(ident) > 40:
+        raise ValidationFailed("Élément inconnu : attendu act:N, mention:N, delivery:N ou avis:N.")
+    if int(ident) > MAX_ID:
+        raise NotFound("Élément introuvable.")
     return kind, int(ident)
 
 
-def signature_queue(db: Session, actor: Actor, insee: str, *, vault: Vault) -> list[QueueItem]:
-    """Everything of the commune waiting for the officier's signature, oldest first."""
+def signature_queue(
+    db: Session, actor: Actor, insee: str, *, now: datetime, vault: Vault
+) -> list[QueueItem]:
+    """Everything of the commune waiting for the officier's signature, oldest first
+    (the listing shows names: audited)."""
     _check_tenant(actor, insee)
     tenant = tenant_of(db, insee)
     items: list[QueueItem] = []
@@ -1120,6 +1155,15 @@ def signature_queue(db: Session, actor: Actor, insee: str, *, vault: Vault) -> l
                 f"{avis.target_commune}"
             )
             items.append(QueueItem(f"avis:{avis.id}", label, avis.created_at))
+    record(
+        db,
+        EventType.QUEUE_VIEWED,
+        actor=str(actor),
+        subject=f"tenant:{insee}",
+        tenant=insee,
+        details={"count": len(items)},
+        now=now,
+    )
     order = {kind: n for n, kind in enumerate(ITEM_KINDS)}
     return sorted(items, key=lambda item: (item.since, order[parse_ref(item.ref)[0]], item.ref))
 
@@ -1328,6 +1372,29 @@ def _sign_delivery(
     return f"{kind.label} de {rec.title} signée"
 
 
+def _avis_pdf(avis: Avis, tenant: Tenant, officer: str, now: datetime) -> bytes:
+    """The avis letter for a commune off the platform (inside the sender's keys)."""
+    payload = json.loads(avis.payload)
+    subject = payload["subject"]
+    born = (
+        f", né(e) le {date.fromisoformat(subject['date_naissance']):%d/%m/%Y}"
+        if subject["date_naissance"]
+        else ""
+    )
+    return render.render_avis(
+        source_commune=tenant.name,
+        source_insee=tenant.insee,
+        target_commune=avis.target_commune,
+        target_act=f"Acte de naissance de {subject['nom'].upper()} {subject['prenoms']}{born}",
+        subject=f"{subject['nom'].upper()} {subject['prenoms']}",
+        mention_kind=MentionKind(avis.mention_kind),
+        facts=MentionFacts.model_validate(payload["facts"]),
+        sent_on=paris_date(now),
+        officer=officer,
+        due_on=paris_date(now + AVIS_DEADLINE),
+    )
+
+
 def _sign_avis(
     db: Session,
     actor: Actor,
@@ -1340,26 +1407,8 @@ def _sign_avis(
     avis = db.get(Avis, avis_id)
     if avis is None or avis.source_tenant_id != tenant.id or avis.status != AvisStatus.TO_SIGN:
         raise NotFound("Avis de mention à signer introuvable.")
-    payload = json.loads(avis.payload)
-    subject = payload["subject"]
-    born = (
-        f", né(e) le {date.fromisoformat(subject['date_naissance']):%d/%m/%Y}"
-        if subject["date_naissance"]
-        else ""
-    )
     due = paris_date(now + AVIS_DEADLINE)
-    pdf = render.render_avis(
-        source_commune=tenant.name,
-        source_insee=tenant.insee,
-        target_commune=avis.target_commune,
-        target_act=f"Acte de naissance de {subject['nom'].upper()} {subject['prenoms']}{born}",
-        subject=f"{subject['nom'].upper()} {subject['prenoms']}",
-        mention_kind=MentionKind(avis.mention_kind),
-        facts=MentionFacts.model_validate(payload["facts"]),
-        sent_on=paris_date(now),
-        officer=signing.officer.name,
-        due_on=due,
-    )
+    pdf = _avis_pdf(avis, tenant, signing.officer.name, now)
     signed = _sign_pdf(pdf, signing, "Avis de mention", now)
     avis.document_id = _store(db, vault, tenant.insee, signed, now)
     avis.status = AvisStatus.READY.value
@@ -1382,18 +1431,23 @@ def _sign_avis(
 def document(
     db: Session, actor: Actor, insee: str, ref: str, *, now: datetime, vault: Vault
 ) -> tuple[bytes, str]:
-    """The signed PDF of an act, mention, delivery or avis of the commune, with a file
-    name; every download is audited."""
+    """The signed PDF of an act, mention, delivery or avis of the commune, or a scanned
+    register page (`scan:N`), with a file name; every download is audited."""
     _check_tenant(actor, insee)
-    kind, ident = parse_ref(ref)
-    model: Any = {"act": Act, "mention": Mention, "delivery": Delivery, "avis": Avis}[kind]
+    kind, ident = parse_ref(ref, (*ITEM_KINDS, "scan"))
     tenant = tenant_of(db, insee)
-    row = db.scalar(
-        select(model.document_id).where(
-            model.id == ident,
-            (model.source_tenant_id if kind == "avis" else model.tenant_id) == tenant.id,
+    query: Any
+    if kind == "scan":
+        query = (
+            select(ActScan.object_id)
+            .join(Act, Act.id == ActScan.act_id)
+            .where(ActScan.id == ident, Act.tenant_id == tenant.id)
         )
-    )
+    else:
+        model: Any = {"act": Act, "mention": Mention, "delivery": Delivery, "avis": Avis}[kind]
+        owner = model.source_tenant_id if kind == "avis" else model.tenant_id
+        query = select(model.document_id).where(model.id == ident, owner == tenant.id)
+    row = db.scalar(query)
     if row is None:
         raise NotFound("Document signé introuvable.")
     data = vault.read_all(db, insee, row)
@@ -1446,7 +1500,14 @@ def preview(
                 all_marriages=delivery.all_marriages,
             )
         else:
-            raise ValidationFailed("Pas d'aperçu pour cet élément.")
+            avis = db.get(Avis, ident)
+            if (
+                avis is None
+                or avis.source_tenant_id != tenant.id
+                or avis.status != AvisStatus.TO_SIGN
+            ):
+                raise NotFound("Avis de mention à signer introuvable.")
+            data = _avis_pdf(avis, tenant, "(aperçu — non signé)", now)
     record(
         db,
         EventType.ACT_VIEWED,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import date
 from functools import wraps
 from typing import Any, TypeVar, cast
 
@@ -20,11 +19,12 @@ from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
 from securex.accounts.models import Role, User
-from securex.accounts.service import Actor
+from securex.accounts.service import Actor, throttle
 from securex.errors import (
     AccountLocked,
     AuthenticationFailed,
     NotFound,
+    RateLimited,
     SecurexError,
     ValidationFailed,
 )
@@ -34,7 +34,7 @@ from securex.registry.models import AvisStatus, Status
 from securex.registry.schema import ActKind, DeliveryKind
 from securex.web import csrf
 from securex.web.context import db, now, state
-from securex.web.signing import _validate
+from securex.web.signing import validate_document
 
 bp = Blueprint("registry", __name__, template_folder="templates")
 
@@ -91,12 +91,7 @@ def _vault() -> Any:
 
 @bp.context_processor
 def _helpers() -> dict[str, Any]:
-    def jour(value: date | None) -> str:
-        """A calendar date (no time zone to convert) as JJ/MM/AAAA."""
-        return value.strftime("%d/%m/%Y") if value else ""
-
     return {
-        "jour": jour,
         "status_label": lambda value: Status(value).label,
         "ref_args": ref_args,
         "ActKind": ActKind,
@@ -423,8 +418,8 @@ def _render_avis(
     status: int = 200,
 ) -> tuple[str, int]:
     actor, insee, vault = _actor(), _insee(), _vault()
-    incoming = service.list_avis(db(), actor, insee, incoming=True, vault=vault)
-    sent = service.list_avis(db(), actor, insee, incoming=False, vault=vault)
+    incoming = service.list_avis(db(), actor, insee, incoming=True, now=now(), vault=vault)
+    sent = service.list_avis(db(), actor, insee, incoming=False, now=now(), vault=vault)
     pending: list[dict[str, Any]] = []
     done = []
     for rec in incoming:
@@ -516,7 +511,7 @@ def reject_avis(avis_id: int) -> Any:
 @bp.route("/registre/signature", methods=["GET", "POST"])
 @officer_only
 def queue() -> Any:
-    items = service.signature_queue(db(), _actor(), _insee(), vault=_vault())
+    items = service.signature_queue(db(), _actor(), _insee(), now=now(), vault=_vault())
     form = forms.BatchForm()
     selected: set[str] = set()
     status = 200
@@ -590,14 +585,30 @@ def check(code: str) -> Any:
     """What anyone holding a copy may learn from its code: that it was issued, by which
     commune, when and by whom, and whether its signature holds; never personal data.
     Nothing is written to the visitor's session (no CSRF token, no flash)."""
+    st = state()
+    wait = throttle(
+        db(),
+        st.keys,
+        "verify",
+        request.remote_addr or "",
+        limit=int(st.settings["registry.verify_per_address"]),
+        window_seconds=900,
+        now=now(),
+    )
+    if wait:
+        db().commit()
+        raise RateLimited(
+            f"Trop de vérifications depuis votre adresse : réessayez dans {wait // 60 + 1} min."
+        )
     try:
         found = service.check_code(db(), code, now=now())
     except NotFound:
+        db().commit()  # the rate-limit count
         lookup_form = forms.CodeLookupForm(formdata=None)
         return render_template("registry/check_unknown.html", form=lookup_form), 404
     data = _vault().read_all(db(), found.insee, found.document_id)
     db().commit()
-    report = _validate(data)
+    report = validate_document(data)
     limit = int(state().settings["signing.max_upload_bytes"])
     request.max_content_length = limit  # before the form reads the upload
     form = forms.CompareForm()

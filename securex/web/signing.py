@@ -91,7 +91,7 @@ def tsa() -> Response:
 # --- validation ----------------------------------------------------------------------
 
 
-def _validate(data: bytes) -> Any:
+def validate_document(data: bytes) -> Any:
     from securex.signing.validate import validate_pdf
 
     st = state()
@@ -126,7 +126,7 @@ class ValidationReport(BaseModel):
 def validate() -> ValidationReport:
     """Validation hors ligne : seules les données incluses dans le PDF et les ancres de
     confiance configurées sont utilisées."""
-    return ValidationReport.model_validate(_validate(_read_upload()).to_json())
+    return ValidationReport.model_validate(validate_document(_read_upload()).to_json())
 
 
 class UploadForm(FlaskForm):
@@ -148,7 +148,7 @@ def public_verify() -> Any:
         limit = int(state().settings["signing.max_upload_bytes"])
         request.max_content_length = limit
         if form.validate_on_submit():
-            report = _validate(form.document.data.read(limit + 1)[:limit])
+            report = validate_document(form.document.data.read(limit + 1)[:limit])
         else:
             status = 400
     return render_template("signing/verify.html", form=form, report=report), status
