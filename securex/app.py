@@ -74,6 +74,8 @@ def create_app(
     from securex import web
     from securex.accounts.api import bp as accounts_api
     from securex.accounts.views import bp as accounts_views
+    from securex.comedec import jobs as _comedec_jobs  # noqa: F401 (job handlers)
+    from securex.comedec.api import bp as comedec_api
     from securex.registry.api import bp as registry_api
     from securex.registry.views import bp as registry_views
     from securex.web.api import meta
@@ -97,6 +99,7 @@ def create_app(
             audit_api,
             registry_views,
             registry_api,
+            comedec_api,
         ],
     )
 
@@ -138,8 +141,9 @@ def _start_worker(app: Flask) -> None:
     """The embedded instance's worker: a thread per web process (gunicorn forks before
     it calls create_app, so each process has its own); jobs are claimed in the
     database, so two threads never run the same one."""
+    from securex.comedec import jobs  # noqa: F401 (registers the job handlers)
     from securex.jobs.service import WorkerThread
-    from securex.registry import batch  # noqa: F401 (registers the job handlers)
+    from securex.registry import batch  # noqa: F401
 
     st: AppState = app.extensions["securex"]
     worker = WorkerThread(st.runtime(), float(st.settings["jobs.poll_seconds"]))

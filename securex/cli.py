@@ -267,8 +267,9 @@ def worker(ctx: Context, once: bool) -> None:
     tourner à la fois : chaque tâche est prise par un seul. Arrêt : Ctrl-C ou SIGTERM."""
     import signal
 
+    from securex.comedec import jobs  # noqa: F401 (registers the job handlers)
     from securex.jobs.service import Runtime, WorkerThread, run_pending
-    from securex.registry import batch  # noqa: F401 (registers the job handlers)
+    from securex.registry import batch  # noqa: F401
     from securex.signing.setup import load_demo_pki
 
     rt = Runtime(

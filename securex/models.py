@@ -2,6 +2,7 @@
 
 from securex.accounts import models as accounts_models
 from securex.audit import models as audit_models
+from securex.comedec import models as comedec_models
 from securex.jobs import models as jobs_models
 from securex.registry import models as registry_models
 from securex.vault import models as vault_models
@@ -9,6 +10,7 @@ from securex.vault import models as vault_models
 __all__ = [
     "accounts_models",
     "audit_models",
+    "comedec_models",
     "jobs_models",
     "registry_models",
     "vault_models",

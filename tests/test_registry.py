@@ -764,3 +764,59 @@ def test_the_worker_command_runs_queued_batches(reg, settings, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "1 tâche(s) exécutée(s)." in result.output
     assert reg.act(act_id).status == "signed"
+
+
+def test_a_revoked_officer_signs_nothing_at_any_level(reg, demo_pki, settings):
+    settings.values["signing"]["level"] = "B-B"  # pyHanko itself checks only from B-LT
+    act_id = reg.draft()
+    cert = demo_pki.officer_cert(reg.make.get_user(reg.officer.id).email)
+    demo_pki.revoke(cert.serial_number, now=reg.clock() - timedelta(hours=1))
+    reg.clock.advance(seconds=30)
+    with transaction(reg.factory) as db:
+        job_id = start_batch(
+            db,
+            reg.make.keys,
+            reg.make.policy,
+            reg.make.get_user(reg.officer.id),
+            [f"act:{act_id}"],
+            totp_code=reg.officer.code(reg.clock()),
+            now=reg.clock(),
+        )
+    run_pending(reg.rt)
+    with reg.factory() as db:
+        job = db.get(Job, job_id)
+        (line,) = json.loads(job.result)
+    assert (job.done, job.failed) == (1, 1) and "révoqué" in line["message"]
+    assert reg.act(act_id).status == "pending"
+
+
+def test_job_results_name_acts_but_never_persons(reg):
+    act_id = reg.draft(content=naissance("Zanetti", "Ornella"))
+    reg.clock.advance(seconds=30)
+    with transaction(reg.factory) as db:
+        job_id = start_batch(
+            db,
+            reg.make.keys,
+            reg.make.policy,
+            reg.make.get_user(reg.officer.id),
+            [f"act:{act_id}"],
+            totp_code=reg.officer.code(reg.clock()),
+            now=reg.clock(),
+        )
+    run_pending(reg.rt)
+    with reg.factory() as db:
+        result = db.get(Job, job_id).result
+    assert "Acte de naissance n° 1/2026 signé" in result
+    assert "Zanetti" not in result and "Ornella" not in result and "ZANETTI" not in result
+
+
+def test_two_communes_of_the_same_name_get_a_pdf_not_a_guess(reg):
+    reg.make.tenant("64445", "Saint-Martin")
+    reg.make.tenant("40270", "Saint-Martin")
+    reg.sign(f"act:{reg.draft('mariage', mariage('Saint-Martin', 'Saint-Martin (Landes)'))}")
+    with transaction(reg.factory) as db:
+        sent = service.list_avis(
+            db, reg.actor(reg.agent), MDM, incoming=False, now=reg.clock(), vault=reg.vault
+        )
+    assert {a.status for a in sent} == {AvisStatus.TO_SIGN}
+    assert {a.target_insee for a in sent} == {None}

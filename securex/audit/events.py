@@ -66,6 +66,16 @@ class EventType(StrEnum):
     DOCUMENT_DOWNLOADED = "registry:document:downloaded"
     SIGNATURE_FAILED = "registry:signature:failed"
     BATCH_REQUESTED = "registry:batch:requested"
+    # COMEDEC-style exchange
+    REQUEST_RECEIVED = "comedec:act-request:received"
+    REQUEST_STATUS_CHANGED = "comedec:act-request:status-changed"
+    REQUEST_VIEWED = "comedec:act-request:viewed"
+    REQUEST_ACCEPTED = "comedec:act-request:accepted"
+    REQUEST_ACKNOWLEDGED = "comedec:act-request:acknowledged"
+    REQUESTS_PURGED = "comedec:act-request:purged"
+    VERIFICATION_ANSWERED = "comedec:verification:answered"
+    WEBHOOK_DELIVERED = "comedec:webhook:delivered"
+    WEBHOOK_FAILED = "comedec:webhook:failed"
     # Audit
     EVIDENCE_ISSUED = "audit:evidence:issued"
     # Instance

@@ -6,11 +6,10 @@ service, in the transaction this module commits."""
 
 from __future__ import annotations
 
-import re
 from datetime import date, datetime
 from typing import Annotated, Any
 
-from flask import Response, request
+from flask import Response
 from pydantic import BaseModel, Field
 
 from securex.accounts.models import Role
@@ -19,7 +18,16 @@ from securex.errors import Forbidden, ValidationFailed
 from securex.registry import service
 from securex.registry.models import Act, Status
 from securex.registry.schema import ActKind, Content, DeliveryKind, MentionKind
-from securex.web.api import ApiBlueprint, Auth, current_api_user
+from securex.web.api import (
+    ApiBlueprint,
+    Auth,
+    current_api_user,
+    invalid_field,
+    query_arg,
+    query_date,
+    query_int,
+    query_param,
+)
 from securex.web.context import db, now, state
 
 bp = ApiBlueprint("registry_api", __name__, tag="registre")
@@ -29,8 +37,6 @@ DEFAULT_LIMIT = 50
 # The register's list is for recent acts (the search finds old ones); list_acts takes no
 # offset, so a page past this many acts would read them all first.
 MAX_OFFSET = 10_000
-ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-INTEGER = re.compile(r"[0-9]{1,9}")
 
 
 # --- models --------------------------------------------------------------------------
@@ -127,35 +133,6 @@ def _staff() -> tuple[Actor, str]:
     return Actor.for_user(user), user.tenant.insee
 
 
-def _arg(name: str) -> str | None:
-    value = request.args.get(name, "").strip()
-    return value or None
-
-
-def _invalid(name: str, message: str) -> ValidationFailed:
-    return ValidationFailed(message, errors=[{"field": name, "message": message, "type": "value"}])
-
-
-def _day(value: str | None) -> date | None:
-    if value is None:
-        return None
-    try:
-        if not ISO_DATE.fullmatch(value):
-            raise ValueError(value)
-        return date.fromisoformat(value)
-    except ValueError:
-        raise _invalid("date", f"Date invalide : {value!r} (attendu : AAAA-MM-JJ).") from None
-
-
-def _integer(name: str, default: int, low: int, high: int) -> int:
-    raw = _arg(name)
-    if raw is None:
-        return default
-    if not INTEGER.fullmatch(raw) or not low <= int(raw) <= high:
-        raise _invalid(name, f"« {name} » : un entier de {low} à {high}.")
-    return int(raw)
-
-
 def _summary_fields(rec: service.ActRecord) -> dict[str, Any]:
     return {
         "id": rec.id,
@@ -208,18 +185,6 @@ def _delivery(rec: service.DeliveryRecord) -> DeliveryOut:
     )
 
 
-def _query(
-    name: str, description: str, schema: dict[str, Any], required: bool = False
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": "query",
-        "required": required,
-        "description": description,
-        "schema": schema,
-    }
-
-
 # --- operations ----------------------------------------------------------------------
 
 
@@ -230,15 +195,15 @@ def _query(
     auth=Auth.USER,
     errors=(403, 422),
     query=[
-        _query("nom", "Nom de la personne.", {"type": "string"}, required=True),
-        _query("prenoms", "Prénoms, dans l'ordre de l'état civil.", {"type": "string"}, True),
-        _query(
+        query_param("nom", "Nom de la personne.", {"type": "string"}, required=True),
+        query_param("prenoms", "Prénoms, dans l'ordre de l'état civil.", {"type": "string"}, True),
+        query_param(
             "date",
             "Date de naissance de la personne ou de l'événement de l'acte.",
             {"type": "string", "format": "date"},
         ),
-        _query("lieu", "Lieu de cette date (seulement avec `date`).", {"type": "string"}),
-        _query("kind", "Type d'acte.", {"type": "string", "enum": [k.value for k in ActKind]}),
+        query_param("lieu", "Lieu de cette date (seulement avec `date`).", {"type": "string"}),
+        query_param("kind", "Type d'acte.", {"type": "string", "enum": [k.value for k in ActKind]}),
     ],
 )
 def search_acts() -> ActList:
@@ -246,18 +211,18 @@ def search_acts() -> ActList:
     jeton : majuscules, accents, traits d'union et apostrophes ne comptent pas, mais
     le nom et les prénoms doivent être complets. Chaque recherche est journalisée."""
     actor, insee = _staff()
-    nom, prenoms, lieu = _arg("nom"), _arg("prenoms"), _arg("lieu")
+    nom, prenoms, lieu = query_arg("nom"), query_arg("prenoms"), query_arg("lieu")
     if nom is None or prenoms is None:
         missing = [name for name, value in (("nom", nom), ("prenoms", prenoms)) if value is None]
         raise ValidationFailed(
             "Indiquez au moins le nom et les prénoms.",
             errors=[{"field": f, "message": "obligatoire", "type": "missing"} for f in missing],
         )
-    day = _day(_arg("date"))
+    day = query_date("date")
     if lieu is not None and day is None:
         # The blind index holds the place with a date only: a place alone would be
         # silently ignored.
-        raise _invalid("lieu", "Le lieu ne s'utilise qu'avec une date.")
+        raise invalid_field("lieu", "Le lieu ne s'utilise qu'avec une date.")
     found = service.search(
         db(),
         actor,
@@ -266,7 +231,7 @@ def search_acts() -> ActList:
         prenoms=prenoms,
         day=day,
         lieu=lieu,
-        kind=_arg("kind"),
+        kind=query_arg("kind"),
         now=now(),
         vault=state().vault,
     )
@@ -281,17 +246,17 @@ def search_acts() -> ActList:
     auth=Auth.USER,
     errors=(403, 422),
     query=[
-        _query(
+        query_param(
             "status",
             "Seulement les actes dans cet état.",
             {"type": "string", "enum": [s.value for s in Status]},
         ),
-        _query(
+        query_param(
             "limit",
             f"Taille de page ({DEFAULT_LIMIT} par défaut).",
             {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
         ),
-        _query(
+        query_param(
             "offset",
             "Nombre d'actes à sauter.",
             {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET},
@@ -302,11 +267,13 @@ def register_acts() -> RegisterPage:
     """Les actes de la commune, du plus récemment modifié au plus ancien, sans donnée
     personnelle : pour suivre les projets et les actes à signer."""
     _, insee = _staff()
-    status = _arg("status")
+    status = query_arg("status")
     if status is not None and status not in {s.value for s in Status}:
-        raise _invalid("status", f"État inconnu : {status!r} (attendu : draft, pending, signed).")
-    limit = _integer("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    offset = _integer("offset", 0, 0, MAX_OFFSET)
+        raise invalid_field(
+            "status", f"État inconnu : {status!r} (attendu : draft, pending, signed)."
+        )
+    limit = query_int("limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    offset = query_int("offset", 0, 0, MAX_OFFSET)
     rows = service.list_acts(db(), insee, status=status, limit=offset + limit)[offset:]
     return RegisterPage(acts=[_entry(act) for act in rows], limit=limit, offset=offset)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from securex.accounts.models import Role, User
+from securex.accounts.models import Role, Tenant, User
 from securex.accounts.service import AccountKeys, Actor, SecurityPolicy, confirm_totp
 from securex.audit.events import EventType
 from securex.audit.log import record
@@ -68,7 +68,7 @@ def start_batch(
 
 
 def officer_signing(rt: Runtime, officer: User, now: datetime) -> OfficerSigning:
-    from securex.signing.pades import Level
+    from securex.signing.pades import Level, check_signer
     from securex.signing.setup import appearance_for, signing_setup
 
     assert officer.tenant is not None
@@ -80,8 +80,55 @@ def officer_signing(rt: Runtime, officer: User, now: datetime) -> OfficerSigning
         now=now,
         environ=rt.environ,
     )
+    # An expired or revoked certificate is refused before anything is signed (pyHanko
+    # itself checks revocation only when it embeds validation data, from B-LT on).
+    check_signer(setup, now)
     appearance = appearance_for(rt.settings, officer=officer.name, commune=officer.tenant.name)
     return OfficerSigning(officer, setup, appearance, verify_base=rt.settings["base_url"])
+
+
+SEAL_QUALITY = "Cachet de la commune (délivrance automatique)"
+
+
+def seal_email(settings: Any, insee: str) -> str:
+    return str(settings["registry.seal_email"]).format(insee=insee)
+
+
+def seal_signing(rt: Runtime, tenant: Tenant, now: datetime) -> OfficerSigning:
+    """The commune's seal, for copies issued automatically: with the demo PKI a
+    certificate is issued to it on first use; on PKCS#11 the key labelled with its
+    e-mail (registry.seal_email) must be on the token."""
+    from securex.signing.pades import Level, check_signer
+    from securex.signing.pki import OfficerIdentity
+    from securex.signing.setup import appearance_for, signing_setup
+
+    email = seal_email(rt.settings, tenant.insee)
+    name = f"Mairie de {tenant.name} — cachet"
+    if rt.settings["signing.backend"] == "pkcs12" and rt.pki is not None:
+        try:
+            rt.pki.officer_cert(email)
+        except SecurexError:
+            who = OfficerIdentity(email=email, name=name, commune=tenant.name, insee=tenant.insee)
+            rt.pki.issue_officer(who, key_type="ecdsa-p256", now=now)
+    setup = signing_setup(
+        rt.settings,
+        pki=rt.pki,
+        email=email,
+        level=Level.parse(rt.settings["signing.level"]),
+        now=now,
+        environ=rt.environ,
+    )
+    check_signer(setup, now)
+    appearance = appearance_for(rt.settings, officer=name, commune=tenant.name)
+    return OfficerSigning(
+        None,
+        setup,
+        appearance,
+        verify_base=rt.settings["base_url"],
+        quality=SEAL_QUALITY,
+        seal_of=tenant.insee,
+        seal_name=name,
+    )
 
 
 def _done_refs(job: Job) -> set[str]:

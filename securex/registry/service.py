@@ -13,7 +13,7 @@ import hashlib
 import io
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -87,6 +87,13 @@ class ActRecord:
     @property
     def content(self) -> Content:
         return self.view.content
+
+    @property
+    def reference(self) -> str:
+        """"Acte de naissance n° 12/2026": no names, for job results and messages that
+        are kept outside the sealed columns."""
+        number = f" n° {self.view.number}/{self.view.year}" if self.view.number else " (projet)"
+        return f"{self.view.kind.label}{number}"
 
     @property
     def title(self) -> str:
@@ -674,13 +681,14 @@ def _commune_of(place: str | None) -> str:
 
 
 def _tenant_for_place(db: Session, place: str | None) -> Tenant | None:
+    """The commune on the platform a place names, when exactly one has that name: two
+    communes of the same name (in different départements) are not told apart by a
+    free-text place, so the avis then goes the safe way, as a PDF for the agent."""
     wanted = _commune_of(place)
     if not wanted:
         return None
-    for tenant in db.scalars(select(Tenant)):
-        if normalise(tenant.name) == wanted:
-            return tenant
-    return None
+    named = [t for t in db.scalars(select(Tenant)) if normalise(t.name) == wanted]
+    return named[0] if len(named) == 1 else None
 
 
 def _person_payload(person: Person) -> dict[str, Any]:
@@ -1170,14 +1178,43 @@ def signature_queue(
 
 @dataclass
 class OfficerSigning:
-    """Who signs and with what: the officier's account, their signing setup, and how
-    copies are checked (the public verification page's address)."""
+    """Who signs and with what: an officier's account — or, for automatic delivery,
+    the commune's seal (`officer` None, `seal_of` the INSEE code) —, the signing
+    setup, and how copies are checked (the public verification page's address)."""
 
-    officer: User
+    officer: User | None
     setup: Any  # securex.signing.pades.SigningSetup
     appearance: Any  # securex.signing.pades.Appearance
     verify_base: str
     quality: str = "Officier de l'état civil"
+    seal_of: str | None = None
+    seal_name: str = ""
+
+    @property
+    def insee(self) -> str:
+        if self.officer is not None:
+            return self.officer.tenant.insee if self.officer.tenant else ""
+        return self.seal_of or ""
+
+    @property
+    def name(self) -> str:
+        return self.officer.name if self.officer is not None else self.seal_name
+
+    @property
+    def user_id(self) -> int | None:
+        return self.officer.id if self.officer is not None else None
+
+    @property
+    def actor(self) -> Actor:
+        if self.officer is not None:
+            return Actor.for_user(self.officer)
+        return Actor("seal", self.insee, self.insee)
+
+
+# Called in the signing transaction when a delivery is issued (db, delivery id, now):
+# how a feature that asked for the copy (comedec) learns it is ready, without the
+# registry knowing about it.
+delivery_issued_hooks: list[Callable[[Session, int, datetime], None]] = []
 
 
 def _sign_pdf(data: bytes, signing: OfficerSigning, reason: str, now: datetime) -> bytes:
@@ -1192,9 +1229,14 @@ def _store(db: Session, vault: Vault, insee: str, data: bytes, now: datetime) ->
     return vault.put(db, insee, io.BytesIO(data), now=now).id
 
 
-def _check_officer(signing: OfficerSigning, insee: str) -> None:
+def _check_signatory(signing: OfficerSigning, kind: str) -> None:
     officer = signing.officer
-    if officer.role != Role.OFFICER or officer.tenant is None or officer.tenant.insee != insee:
+    if officer is None:
+        # The seal issues copies automatically; acts and mentions need an officier.
+        if kind != "delivery":
+            raise Forbidden("Le cachet de la commune ne signe que les copies et extraits.")
+        return
+    if officer.role != Role.OFFICER or officer.tenant is None:
         raise Forbidden("Seul un officier de l'état civil de la commune peut signer.")
 
 
@@ -1205,10 +1247,8 @@ def sign_item(
     signed. The caller commits (one transaction per item: each succeeds or fails on
     its own)."""
     kind, ident = parse_ref(ref)
-    officer = signing.officer
-    insee = officer.tenant.insee if officer.tenant else ""
-    actor = Actor.for_user(officer)
-    _check_officer(signing, insee)
+    insee, actor = signing.insee, signing.actor
+    _check_signatory(signing, kind)
     tenant = tenant_of(db, insee)
     with _keys(db, vault, insee):
         if kind == "act":
@@ -1245,8 +1285,8 @@ def _sign_act(
     act.year = year
     act.number = _next_number(db, act, year)
     act.drawn_at = now
-    act.signed_by = signing.officer.id
-    act.officer_name = signing.officer.name
+    act.signed_by = signing.user_id
+    act.officer_name = signing.name
     rec = _record(db, act, tenant.name)
     pdf = render.render_act(rec.view, [])
     signed = _sign_pdf(pdf, signing, f"Établissement de l'{rec.kind.label.lower()}", now)
@@ -1265,7 +1305,7 @@ def _sign_act(
     signed_rec = _record(db, act, tenant.name)
     for person, mention_kind, facts in _derived_mentions(signed_rec, None):
         _send_avis(db, actor, signed_rec, person, mention_kind, facts, now=now, vault=vault)
-    return f"{signed_rec.title} signé"
+    return f"{signed_rec.reference} signé"
 
 
 def _sign_mention(
@@ -1285,8 +1325,8 @@ def _sign_mention(
     act = db.get(Act, mention.act_id)
     assert act is not None
     mention.applied_on = paris_date(now)
-    mention.officer_name = signing.officer.name
-    mention.signed_by = signing.officer.id
+    mention.officer_name = signing.name
+    mention.signed_by = signing.user_id
     mention.signed_at = now
     rec = _record(db, act, tenant.name)
     this = next(m for m in rec.mentions if m.id == mention.id)
@@ -1322,7 +1362,7 @@ def _sign_mention(
             )
     for person, kind, facts in _derived_mentions(rec, this):
         _send_avis(db, actor, rec, person, kind, facts, now=now, vault=vault)
-    return f"Mention « {this.view.kind.label} » sur {rec.title} signée"
+    return f"Mention « {this.view.kind.label} » sur l'{rec.reference.lower()} signée"
 
 
 def _sign_delivery(
@@ -1345,7 +1385,7 @@ def _sign_delivery(
     kind = DeliveryKind(delivery.kind)
     issue = render.Issue(
         delivered_on=paris_date(now),
-        officer=signing.officer.name,
+        officer=signing.name,
         quality=signing.quality,
         verification_code=delivery.code,
         verify_url=f"{signing.verify_base.rstrip('/')}/verifier/{delivery.code}",
@@ -1356,10 +1396,12 @@ def _sign_delivery(
     signed = _sign_pdf(pdf, signing, f"Délivrance : {kind.label.lower()}", now)
     delivery.document_id = _store(db, vault, tenant.insee, signed, now)
     delivery.sha256 = hashlib.sha256(signed).hexdigest()
-    delivery.signed_by = signing.officer.id
-    delivery.signer_name = signing.officer.name
+    delivery.signed_by = signing.user_id
+    delivery.signer_name = signing.name
     delivery.signed_at = now
     delivery.status = Status.SIGNED.value
+    for hook in delivery_issued_hooks:
+        hook(db, delivery.id, now)
     record(
         db,
         EventType.DELIVERY_ISSUED,
@@ -1369,7 +1411,7 @@ def _sign_delivery(
         details={"act": act.id, "kind": kind.value, "requested_by": delivery.requested_by},
         now=now,
     )
-    return f"{kind.label} de {rec.title} signée"
+    return f"{kind.label} de l'{rec.reference.lower()} signée"
 
 
 def _avis_pdf(avis: Avis, tenant: Tenant, officer: str, now: datetime) -> bytes:
@@ -1408,7 +1450,7 @@ def _sign_avis(
     if avis is None or avis.source_tenant_id != tenant.id or avis.status != AvisStatus.TO_SIGN:
         raise NotFound("Avis de mention à signer introuvable.")
     due = paris_date(now + AVIS_DEADLINE)
-    pdf = _avis_pdf(avis, tenant, signing.officer.name, now)
+    pdf = _avis_pdf(avis, tenant, signing.name, now)
     signed = _sign_pdf(pdf, signing, "Avis de mention", now)
     avis.document_id = _store(db, vault, tenant.insee, signed, now)
     avis.status = AvisStatus.READY.value

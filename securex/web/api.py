@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import date
 from enum import StrEnum
 from functools import wraps
 from typing import Any
@@ -369,3 +371,52 @@ meta = ApiBlueprint("api_meta", __name__, tag="meta")
 def openapi() -> OpenApiDocument:
     blueprints = [bp for bp in current_app.blueprints.values() if isinstance(bp, ApiBlueprint)]
     return OpenApiDocument.model_validate(openapi_document(blueprints))
+
+
+# --- query strings -------------------------------------------------------------------
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_INTEGER = re.compile(r"[0-9]{1,9}")
+
+
+def query_param(
+    name: str, description: str, schema: dict[str, Any], required: bool = False
+) -> dict[str, Any]:
+    """An OpenAPI query parameter, for `ApiBlueprint.operation(query=[...])`."""
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema,
+    }
+
+
+def query_arg(name: str) -> str | None:
+    value = request.args.get(name, "").strip()
+    return value or None
+
+
+def invalid_field(name: str, message: str) -> ValidationFailed:
+    return ValidationFailed(message, errors=[{"field": name, "message": message, "type": "value"}])
+
+
+def query_date(name: str) -> date | None:
+    value = query_arg(name)
+    if value is None:
+        return None
+    try:
+        if not _ISO_DATE.fullmatch(value):
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise invalid_field(name, f"Date invalide : {value!r} (attendu : AAAA-MM-JJ).") from None
+
+
+def query_int(name: str, default: int, low: int, high: int) -> int:
+    raw = query_arg(name)
+    if raw is None:
+        return default
+    if not _INTEGER.fullmatch(raw) or not low <= int(raw) <= high:
+        raise invalid_field(name, f"« {name} » : un entier de {low} à {high}.")
+    return int(raw)
