@@ -76,6 +76,8 @@ def create_app(
     from securex.accounts.views import bp as accounts_views
     from securex.comedec import jobs as _comedec_jobs  # noqa: F401 (job handlers)
     from securex.comedec.api import bp as comedec_api
+    from securex.comedec.public import bp as sve_views
+    from securex.comedec.views import bp as comedec_views
     from securex.registry.api import bp as registry_api
     from securex.registry.views import bp as registry_views
     from securex.web.api import meta
@@ -100,6 +102,8 @@ def create_app(
             registry_views,
             registry_api,
             comedec_api,
+            comedec_views,
+            sve_views,
         ],
     )
 
