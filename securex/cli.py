@@ -13,6 +13,7 @@ import secrets
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -256,7 +257,76 @@ def _create_demo(db: Session, ctx: Context, now: Any) -> dict[str, Any]:
             db, ctx.actor, name=name, category=category.value, communes=scope, now=now
         )
         creds["api_clients"].append({"name": name, "category": category.value, "token": token})
+    _demo_registry(db, ctx, now)
     return creds
+
+
+# Fictional people of the demo registers: (nom, prénoms, sexe, birth date, father, mother).
+DEMO_BIRTHS = [
+    ("Lafitte", "Pierre Jean", "M", "1988-04-01", "Lafitte Michel", "Duprat Anne"),
+    ("Etcheverry", "Maïté", "F", "1991-07-14", "Etcheverry Paul", "Larrieu Marie"),
+    ("Dupont-Martin", "Léa Marie", "F", "1995-03-02", "Dupont Jean", "Martin Sophie"),
+    ("Bordes", "Lucas", "M", "2001-11-20", "Bordes Alain", "Castaing Julie"),
+]
+
+
+def _demo_registry(db: Session, ctx: Context, now: Any) -> None:
+    """A few digitised birth acts per commune (found by search, deliverable) and two
+    drafts waiting for the officier's signature; Mont-de-Marsan issues clean requests
+    automatically with its seal, so the API demo answers in seconds."""
+    from securex.comedec.models import CommuneSettings
+    from securex.registry import service as registry
+
+    for insee, name, _ in DEMO_TENANTS:
+        for number, (nom, prenoms, sexe, born, father, mother) in enumerate(DEMO_BIRTHS, 1):
+            parents = []
+            for parent, parent_sexe in ((father, "M"), (mother, "F")):
+                parent_nom, parent_prenoms = parent.split(" ", 1)
+                parents.append({"nom": parent_nom, "prenoms": parent_prenoms, "sexe": parent_sexe})
+            content = {
+                "enfant": {"nom": nom, "prenoms": prenoms, "sexe": sexe},
+                "naissance": {"date": born, "heure": "09:15", "lieu": f"{name} (Landes)"},
+                "parents": parents,
+            }
+            registry.import_act(
+                db,
+                ctx.actor,
+                insee=insee,
+                kind="naissance",
+                year=int(born[:4]),
+                number=number,
+                drawn_at=datetime.fromisoformat(born + "T14:00:00+00:00"),
+                officer_name=f"Officier de {name}",
+                content=content,
+                now=now,
+                vault=ctx.vault,
+            )
+        for prenoms, sexe in (("Jade", "F"), ("Gabriel", "M")):
+            act_id = registry.create_act(
+                db,
+                ctx.actor,
+                insee=insee,
+                kind="naissance",
+                content={
+                    "enfant": {"nom": "Lamarque", "prenoms": prenoms, "sexe": sexe},
+                    "naissance": {"date": now.date().isoformat(), "lieu": f"{name} (Landes)"},
+                    "parents": [{"nom": "Lamarque", "prenoms": "Hélène", "sexe": "F"}],
+                },
+                now=now,
+                vault=ctx.vault,
+            )
+            registry.submit_act(db, ctx.actor, insee, act_id, now=now)
+    tenant = accounts.get_tenant(db, "40192")
+    db.add(
+        CommuneSettings(
+            tenant_id=tenant.id,
+            auto_issue=True,
+            not_found_at_once=False,
+            due_days=3,
+            service_name="Service de l'état civil de Mont-de-Marsan",
+            service_contact="etat-civil@demo.securex.fr — 05 58 00 00 00",
+        )
+    )
 
 
 @main.command()
