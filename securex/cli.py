@@ -329,6 +329,23 @@ def _demo_registry(db: Session, ctx: Context, now: Any) -> None:
     )
 
 
+@main.group()
+def comedec() -> None:
+    """Demandes d'actes et vérifications (échange de type COMEDEC)."""
+
+
+@comedec.command("purge")
+@pass_ctx
+def comedec_purge(ctx: Context) -> None:
+    """Supprimer les demandes et vérifications de plus d'un an (décret 2017-890 art. 29).
+    Les workers le font d'eux-mêmes chaque heure."""
+    from securex.comedec import service as comedec_service
+
+    with ctx.tx() as db:
+        count = comedec_service.purge(db, now=utcnow(), vault=ctx.vault)
+    click.echo(f"{count} demande(s) ou vérification(s) supprimée(s).")
+
+
 @main.command()
 @click.option("--once", is_flag=True, help="Exécuter les tâches en attente puis s'arrêter.")
 @pass_ctx
@@ -338,7 +355,7 @@ def worker(ctx: Context, once: bool) -> None:
     import signal
 
     from securex.comedec import jobs  # noqa: F401 (registers the job handlers)
-    from securex.jobs.service import Runtime, WorkerThread, run_pending
+    from securex.jobs.service import Runtime, WorkerThread, run_pending, run_periodic
     from securex.registry import batch  # noqa: F401
     from securex.signing.setup import load_demo_pki
 
@@ -351,6 +368,7 @@ def worker(ctx: Context, once: bool) -> None:
         environ=os.environ,
     )
     if once:
+        run_periodic(rt, {})
         click.echo(f"{run_pending(rt)} tâche(s) exécutée(s).")
         return
     thread = WorkerThread(rt, float(ctx.settings["jobs.poll_seconds"]))

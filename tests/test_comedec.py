@@ -9,7 +9,7 @@ import base64
 import json
 import subprocess
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -429,3 +429,31 @@ def test_the_openapi_document_describes_the_contract(client):
         p["name"] == "Idempotency-Key" for p in post["parameters"]
     )
     assert json.dumps(doc)  # serialisable
+
+
+def test_the_purge_command_and_the_workers_housekeeping(
+    world, client, factory, settings, monkeypatch
+):
+    from click.testing import CliRunner
+    from sqlalchemy import update
+
+    from securex.cli import main
+
+    for _ in range(2):
+        submit(client, world["notary"], request_body(reference=None))
+    with transaction(factory) as db:  # one is a year old on the real clock
+        first = db.scalar(select(func.min(ActRequest.id)))
+        db.execute(
+            update(ActRequest)
+            .where(ActRequest.id == first)
+            .values(purge_after=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    monkeypatch.setenv("SECUREX_INSTANCE", str(settings.instance))
+    monkeypatch.setenv("SECUREX_DATABASE_URL", settings.database_url)
+    result = CliRunner().invoke(main, ["comedec", "purge"])
+    assert result.exit_code == 0 and "1 demande(s)" in result.output, result.output
+    with transaction(factory) as db:
+        db.execute(update(ActRequest).values(purge_after=datetime(2020, 1, 1, tzinfo=UTC)))
+    assert CliRunner().invoke(main, ["worker", "--once"]).exit_code == 0
+    with factory() as db:
+        assert db.scalar(select(func.count()).select_from(ActRequest)) == 0

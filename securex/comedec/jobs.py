@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from securex.accounts.models import Tenant
 from securex.comedec import service
 from securex.db import transaction
 from securex.errors import SecurexError
 from securex.jobs.models import Job
-from securex.jobs.service import Runtime, handler
+from securex.jobs.service import Runtime, handler, periodic
 from securex.registry.batch import seal_signing
 
 
@@ -32,3 +33,10 @@ def issue(rt: Runtime, job_id: int) -> None:
     except SecurexError as exc:
         with transaction(rt.sessions) as db:
             service.fall_back_to_queue(db, request_id, exc.detail, now=now)
+
+
+@periodic("comedec.purge", timedelta(hours=1))
+def purge(rt: Runtime) -> None:
+    """Requests past their year (décret 2017-890 art. 29) go, with their sealed data."""
+    with transaction(rt.sessions) as db:
+        service.purge(db, now=rt.clock(), vault=rt.vault)

@@ -6,6 +6,12 @@ SQLite serialises writers), then run by the handler its kind names. A worker tha
 dies leaves its job `running` with a stale heartbeat; the next claim puts it back in
 the queue, and handlers are written so that running an item twice is harmless (an
 item already signed is skipped), so a crash loses nothing and signs nothing twice.
+
+A handler that raises is retried with a doubling backoff (`30 * 2**attempts` seconds,
+at most `MAX_BACKOFF`) until its kind's number of attempts is spent, then the job is
+`failed`. That number is `MAX_ATTEMPTS` unless the kind's handler declares its own
+(`@handler(kind, max_attempts=n)`, kept in `ATTEMPTS`): webhooks, whose receivers
+may be down for a while, try 8 times over about two hours.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ log = logging.getLogger(__name__)
 
 STALE_AFTER = timedelta(minutes=5)
 MAX_ATTEMPTS = 3
+MAX_BACKOFF = timedelta(hours=1)
 
 
 @dataclass
@@ -47,11 +54,39 @@ class Runtime:
 
 Handler = Callable[[Runtime, int], None]
 HANDLERS: dict[str, Handler] = {}
+ATTEMPTS: dict[str, int] = {}  # each kind's number of attempts before `failed`
+# Housekeeping run by every worker every `interval` (retention purges, …): idempotent
+# work, so several workers running it is harmless.
+PERIODIC: list[tuple[str, timedelta, Callable[[Runtime], None]]] = []
 
 
-def handler(kind: str) -> Callable[[Handler], Handler]:
+def periodic(name: str, interval: timedelta) -> Callable[[Callable[[Runtime], None]], Any]:
+    def register(fn: Callable[[Runtime], None]) -> Callable[[Runtime], None]:
+        PERIODIC.append((name, interval, fn))
+        return fn
+
+    return register
+
+
+def run_periodic(rt: Runtime, last: dict[str, datetime]) -> None:
+    """Run the housekeeping tasks that are due (`last` remembers when each ran)."""
+    now = rt.clock()
+    for name, interval, fn in PERIODIC:
+        if name in last and now - last[name] < interval:
+            continue
+        last[name] = now
+        try:
+            fn(rt)
+        except Exception:
+            log.exception("periodic task %s failed", name)
+
+
+def handler(kind: str, *, max_attempts: int = MAX_ATTEMPTS) -> Callable[[Handler], Handler]:
+    """Register the handler of a kind of job, tried at most `max_attempts` times."""
+
     def register(fn: Handler) -> Handler:
         HANDLERS[kind] = fn
+        ATTEMPTS[kind] = max_attempts
         return fn
 
     return register
@@ -159,9 +194,10 @@ def run_one(rt: Runtime, worker: str) -> bool:
         with transaction(rt.sessions) as db:
             job = db.get(Job, job_id)
             assert job is not None
-            if job.attempts < MAX_ATTEMPTS:
+            if job.attempts < ATTEMPTS.get(kind, MAX_ATTEMPTS):
                 job.status = "queued"
-                job.run_after = rt.clock() + timedelta(seconds=30 * 2**job.attempts)
+                backoff = timedelta(seconds=30 * 2**job.attempts)
+                job.run_after = rt.clock() + min(backoff, MAX_BACKOFF)
             else:
                 job.status = "failed"
                 job.finished_at = rt.clock()
@@ -198,7 +234,9 @@ class WorkerThread(threading.Thread):
 
     def run(self) -> None:
         name = worker_name()
+        last: dict[str, datetime] = {}
         while not self.stopping.is_set():
+            run_periodic(self.rt, last)
             try:
                 busy = run_one(self.rt, name)
             except Exception:
