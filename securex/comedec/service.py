@@ -211,6 +211,7 @@ def _candidates(
         kind=body.act_kind,
         now=now,
         vault=vault,
+        audited=False,  # the request's own event records the outcome
     )
     return [act for act in found if act.status == Status.SIGNED]
 

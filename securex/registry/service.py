@@ -90,7 +90,7 @@ class ActRecord:
 
     @property
     def reference(self) -> str:
-        """"Acte de naissance n° 12/2026": no names, for job results and messages that
+        """ "Acte de naissance n° 12/2026": no names, for job results and messages that
         are kept outside the sealed columns."""
         number = f" n° {self.view.number}/{self.view.year}" if self.view.number else " (projet)"
         return f"{self.view.kind.label}{number}"
@@ -541,9 +541,12 @@ def search(
     kind: str | None = None,
     now: datetime,
     vault: Vault,
+    audited: bool = True,
 ) -> list[ActRecord]:
     """Acts whose subject has exactly this nom and prénoms (accents, case, hyphens and
-    apostrophes folded), optionally born or concerned on `day`, at `lieu`."""
+    apostrophes folded), optionally born or concerned on `day`, at `lieu`. A caller
+    whose own operation is audited with the search's outcome (a request matched
+    against the registry) passes `audited=False`: one event per operation."""
     _check_tenant(actor, insee)
     if not normalise(nom) or not normalise(prenoms):
         raise ValidationFailed("Indiquez au moins le nom et les prénoms.")
@@ -555,6 +558,8 @@ def search(
         for act in db.scalars(select(Act).where(Act.id.in_(ids)).order_by(Act.id)):
             if wanted is None or act.kind == wanted.value:
                 found.append(_record(db, act, tenant.name))
+    if not audited:
+        return found
     record(
         db,
         EventType.ACT_SEARCHED,
