@@ -21,6 +21,7 @@ from securex.accounts.service import Actor
 from securex.comedec import service as comedec
 from securex.comedec.models import ActRequest, CommuneSettings, Verification
 from securex.db import transaction
+from securex.errors import Conflict, ValidationFailed
 from securex.jobs.service import run_pending
 from securex.registry import service as registry
 from tests.conftest import PKI_PORT
@@ -457,3 +458,39 @@ def test_the_purge_command_and_the_workers_housekeeping(
     assert CliRunner().invoke(main, ["worker", "--once"]).exit_code == 0
     with factory() as db:
         assert db.scalar(select(func.count()).select_from(ActRequest)) == 0
+
+
+def test_an_agent_cannot_answer_with_the_wrong_act_or_twice(
+    world, client, factory, make, clock, vault
+):
+    agent = make.user("agent", MDM, totp=False)
+    by = Actor("user", str(agent.id), MDM)
+    with transaction(factory) as db:
+        death = registry.import_act(
+            db,
+            by,
+            insee=MDM,
+            kind="deces",
+            year=2001,
+            number=4,
+            drawn_at=clock() - timedelta(days=9000),
+            officer_name="X",
+            content={
+                "defunt": {"nom": "Roux", "prenoms": "Marcel", "sexe": "M"},
+                "deces": {"date": "2001-05-05", "lieu": "Mont-de-Marsan"},
+            },
+            now=clock(),
+            vault=vault,
+        )
+    request_id = submit(client, world["notary"]).json["id"]
+    with (
+        transaction(factory) as db,
+        pytest.raises(ValidationFailed, match="pas sur un acte de décès"),
+    ):
+        comedec.prepare_delivery(db, by, MDM, request_id, death, now=clock(), vault=vault)
+    with transaction(factory) as db:
+        comedec.prepare_delivery(db, by, MDM, request_id, world["act"], now=clock(), vault=vault)
+    with transaction(factory) as db, pytest.raises(Conflict, match="attend la signature"):
+        comedec.refuse(db, by, MDM, request_id, reason="finalement non", now=clock())
+    with transaction(factory) as db, pytest.raises(Conflict):
+        comedec.prepare_delivery(db, by, MDM, request_id, world["act"], now=clock(), vault=vault)

@@ -21,6 +21,7 @@ from wtforms.validators import DataRequired, Length
 from securex.accounts import service
 from securex.accounts.forms import ActionForm, CodeForm, EnrolForm, LoginForm
 from securex.accounts.models import Role, User
+from securex.comedec import service as comedec
 from securex.errors import ValidationFailed
 from securex.web import login_manager
 from securex.web.context import db, now, state
@@ -295,6 +296,8 @@ def dashboard() -> str:
         context["clients"] = [
             c for c in service.list_clients(db()) if any(t.id == user.tenant_id for t in c.communes)
         ]
+    if user.tenant is not None and role in (Role.AGENT, Role.OFFICER, Role.ADMIN):
+        context["overdue"] = comedec.overdue_count(db(), user.tenant.insee, now=now())
     if role is Role.PLATFORM_ADMIN:
         context["tenants"] = service.list_tenants(db())
         context["clients"] = service.list_clients(db())

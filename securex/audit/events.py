@@ -76,6 +76,7 @@ class EventType(StrEnum):
     VERIFICATION_ANSWERED = "comedec:verification:answered"
     WEBHOOK_DELIVERED = "comedec:webhook:delivered"
     WEBHOOK_FAILED = "comedec:webhook:failed"
+    COMMUNE_SETTINGS_CHANGED = "comedec:settings:changed"
     # Audit
     EVIDENCE_ISSUED = "audit:evidence:issued"
     # Instance

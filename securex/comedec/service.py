@@ -19,7 +19,7 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from securex.accounts.models import ApiClient, Tenant
@@ -476,7 +476,7 @@ def _set_status(
 
 def _on_delivery_issued(db: Session, delivery_id: int, now: datetime) -> None:
     req = db.scalar(select(ActRequest).where(ActRequest.delivery_id == delivery_id))
-    if req is not None and req.status != RequestStatus.ISSUED:
+    if req is not None and req.status in (RequestStatus.QUEUED, RequestStatus.RECEIVED):
         _set_status(db, req, RequestStatus.ISSUED, actor=Actor("system"), now=now)
 
 
@@ -618,8 +618,13 @@ def issue_automatically(
     (`signing_for(tenant)`), in one transaction. If the seal cannot sign, the request
     goes to the agents' queue with the reason rather than failing silently."""
     req = db.get(ActRequest, request_id)
-    if req is None or req.status != RequestStatus.RECEIVED or req.act_id is None:
-        return  # already handled (a retried job)
+    if (
+        req is None
+        or req.status != RequestStatus.RECEIVED
+        or req.act_id is None
+        or req.delivery_id is not None
+    ):
+        return  # already handled (a retried job, or an agent took it over)
     tenant = db.get(Tenant, req.tenant_id)
     assert tenant is not None
     client = db.get(ApiClient, req.client_id) if req.client_id else None
@@ -698,17 +703,14 @@ def agent_queue(
 
 def overdue_count(db: Session, insee: str, *, now: datetime) -> int:
     tenant = registry.tenant_of(db, insee)
-    return len(
-        list(
-            db.scalars(
-                select(ActRequest.id).where(
-                    ActRequest.tenant_id == tenant.id,
-                    ActRequest.status.in_([RequestStatus.QUEUED, RequestStatus.RECEIVED]),
-                    ActRequest.due_on < registry.paris_date(now),
-                )
-            )
+    count = db.scalar(
+        select(func.count()).where(
+            ActRequest.tenant_id == tenant.id,
+            ActRequest.status.in_([RequestStatus.QUEUED, RequestStatus.RECEIVED]),
+            ActRequest.due_on < registry.paris_date(now),
         )
     )
+    return int(count or 0)
 
 
 def _commune_request(db: Session, actor: Actor, insee: str, request_id: int) -> ActRequest:
@@ -747,15 +749,22 @@ def examine(
         view=_view(db, req, payload.get("reference")),
         channel=req.channel,
         requester=_requester_name(db, req),
-        overdue=req.due_on < registry.paris_date(now),
+        overdue=req.status in (RequestStatus.QUEUED, RequestStatus.RECEIVED)
+        and req.due_on < registry.paris_date(now),
         data=payload,
         candidates=candidates,
     )
 
 
 def _open(req: ActRequest) -> None:
-    if req.status not in (RequestStatus.QUEUED, RequestStatus.RECEIVED):
-        raise Conflict("Cette demande est déjà traitée.")
+    """Only a queued request with no copy on its way can be decided by an agent."""
+    if req.status != RequestStatus.QUEUED:
+        raise Conflict("Cette demande est déjà traitée ou en cours de délivrance automatique.")
+    if req.delivery_id is not None:
+        raise Conflict(
+            "La copie de cette demande attend la signature de l'officier : elle ne peut "
+            "plus être refusée ni déclarée introuvable."
+        )
 
 
 def prepare_delivery(
@@ -772,10 +781,26 @@ def prepare_delivery(
     officier's signature queue; the request is issued when it is signed."""
     req = _commune_request(db, actor, insee, request_id)
     _open(req)
-    if req.delivery_id is not None:
-        raise Conflict("La copie de cette demande attend déjà la signature de l'officier.")
     with column_keys(db, vault.keyring, insee):
         payload = json.loads(req.data)
+    act = registry.get_act(db, actor, insee, act_id, now=now, vault=vault)
+    if act.kind.value != req.act_kind:
+        raise ValidationFailed(
+            f"La demande porte sur un {ActKind(req.act_kind).label.lower()}, pas sur un "
+            f"{act.kind.label.lower()}."
+        )
+    # The act's own year decides the 75-year rule; a proof the agent checked counts.
+    decision = rules.decide(
+        act.kind,
+        DeliveryKind(req.delivery),
+        rules.Capacity(req.capacity),
+        act_year=act.view.year,
+        today=registry.paris_date(now),
+        justified=True,
+        legal_reference=bool(payload.get("legal_reference")),
+    )
+    if decision.outcome is rules.Outcome.REFUSED:
+        raise Conflict(f"Délivrance impossible : {decision.reason} ({decision.legal_basis}).")
     client = db.get(ApiClient, req.client_id) if req.client_id else None
     requester = f"{client.name} ({req.capacity})" if client else f"Particulier ({req.capacity})"
     delivery_id = registry.request_delivery(
@@ -993,3 +1018,341 @@ def purge(db: Session, *, now: datetime, vault: Vault) -> int:
             now=now,
         )
     return count
+
+
+# --- the citizens' counter ---------------------------------------------------------------
+# The public page /demande-acte (securex.comedec.public): a person without an account
+# files a request like a `guichet` client's, gets the acknowledgement of CRPA
+# R112-11-1 and a follow-up link; once the copy is issued, a code e-mailed to the
+# address of the request opens its download. The link is an HMAC of the request id
+# (nothing stored); the code's HMAC, its expiry and the wrong entries are kept in the
+# request's sealed data, under "download", next to the address ("email").
+# Appended section: its imports stay here until the module's header is edited.
+
+import base64  # noqa: E402
+import hmac  # noqa: E402
+import io  # noqa: E402
+import secrets  # noqa: E402
+
+from securex.accounts.service import AccountKeys, throttle  # noqa: E402
+from securex.errors import RateLimited  # noqa: E402
+
+PUBLIC = Actor("public", "sve")
+LINK_PURPOSE = "sve-links"
+CODE_PURPOSE = "sve-codes"
+
+
+@dataclass(frozen=True)
+class CounterPolicy:
+    """The `[sve]` settings."""
+
+    submissions_per_address: int = 10
+    window_seconds: int = 3600
+    challenge_minutes: int = 15
+    max_proof_bytes: int = 10 * 1024 * 1024
+    code_minutes: int = 15
+    code_attempts: int = 5
+    code_lockout_hours: int = 24
+    codes_per_hour: int = 5
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CounterPolicy:
+        return cls(**{name: int(settings[f"sve.{name}"]) for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class PublicRequest:
+    """What the person holding the follow-up link sees: the request's routing facts
+    and the service that handles it (R112-11-1), never what the request states."""
+
+    view: RequestView
+    commune_name: str
+    service_name: str
+    service_contact: str
+    link: str  # the follow-up link's token
+    code_until: datetime | None  # a download code was sent and is valid until then
+    locked_until: datetime | None  # too many wrong codes: the download is locked
+
+
+def needs_proof(
+    act_kind: ActKind,
+    delivery: DeliveryKind,
+    capacity: rules.Capacity,
+    *,
+    declared: date | None,
+    today: date,
+) -> bool:
+    """Whether the person must attach a proof: exactly when the rules open the right
+    only on a justification (the link, the mandate, the archives' authorisation)."""
+    decision = rules.decide(
+        act_kind,
+        delivery,
+        capacity,
+        act_year=_year(declared),
+        today=today,
+        justified=False,
+        legal_reference=False,
+    )
+    return decision.outcome is rules.Outcome.REVIEW
+
+
+def _check_public(db: Session, body: ActRequestIn) -> None:
+    """What `submit` refuses, checked before the proof is stored (nothing is kept of
+    a request that does not validate)."""
+    act_kind, delivery = ActKind(body.act_kind), DeliveryKind(body.delivery)
+    if rules.Capacity(body.capacity) not in rules.CLIENT_CAPACITIES["guichet"]:
+        raise ValidationFailed(
+            "Qualité non proposée au guichet en ligne.",
+            errors=[{"field": "capacity", "message": "qualité non proposée"}],
+        )
+    if not rules.deliverable(act_kind, delivery):
+        raise ValidationFailed(
+            f"Un {act_kind.label.lower()} ne se délivre pas en « {delivery.label} ».",
+            errors=[{"field": "delivery", "message": "délivrance impossible pour ce type d'acte"}],
+        )
+    errors = _missing(body, required_fields(act_kind, delivery))
+    if errors:
+        raise ValidationFailed("La demande n'indique pas tout ce que la loi exige.", errors=errors)
+    registry.tenant_of(db, body.commune)
+
+
+def _platform_key(db: Session, vault: Vault, purpose: str, now: datetime) -> bytes:
+    return vault.keyring.platform_secret(db, purpose, now=now, actor=str(PUBLIC))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def link_token(db: Session, request_id: int, *, now: datetime, vault: Vault) -> str:
+    """The follow-up link of a public request: its id and an HMAC of it."""
+    key = _platform_key(db, vault, LINK_PURPOSE, now)
+    mac = hmac.new(key, f"act-request:{request_id}".encode(), hashlib.sha256).digest()
+    return f"{request_id}-{_b64(mac)}"
+
+
+def _by_link(
+    db: Session, token: str, *, now: datetime, vault: Vault, lock: bool = False
+) -> ActRequest:
+    """The public request a link names; every way a link can be wrong (forged, cut,
+    another channel's request, a purged request) answers the same NotFound."""
+    gone = NotFound("Ce lien de suivi n'est pas valide, ou la demande n'est plus conservée.")
+    ident, _, _mac = token.partition("-")
+    if not ident.isdigit() or len(ident) > 10:
+        raise gone
+    request_id = int(ident)
+    if request_id > 2**31 - 1 or not hmac.compare_digest(
+        link_token(db, request_id, now=now, vault=vault), token
+    ):
+        raise gone
+    req = db.get(ActRequest, request_id, with_for_update=lock)
+    if req is None or req.channel != "sve" or req.client_id is not None:
+        raise gone
+    return req
+
+
+def _sealed(db: Session, vault: Vault, req: ActRequest) -> tuple[str, dict[str, Any]]:
+    tenant = db.get(Tenant, req.tenant_id)
+    assert tenant is not None
+    with column_keys(db, vault.keyring, tenant.insee):
+        payload: dict[str, Any] = json.loads(req.data)
+    return tenant.insee, payload
+
+
+def _reseal(
+    db: Session, vault: Vault, req: ActRequest, insee: str, payload: dict[str, Any]
+) -> None:
+    with column_keys(db, vault.keyring, insee):
+        req.data = json.dumps(payload, ensure_ascii=False)
+        db.flush()  # sealed while the commune's keys are loaded
+
+
+def _moment(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _public_view(
+    db: Session, req: ActRequest, token: str, payload: dict[str, Any], now: datetime
+) -> PublicRequest:
+    tenant = db.get(Tenant, req.tenant_id)
+    assert tenant is not None
+    prefs = settings_of(db, tenant)
+    state = payload.get("download") or {}
+    code_until = _moment(state.get("expires"))
+    locked_until = _moment(state.get("locked_until"))
+    return PublicRequest(
+        view=_view(db, req, None),
+        commune_name=tenant.name,
+        service_name=prefs.service_name,
+        service_contact=prefs.service_contact,
+        link=token,
+        code_until=code_until if code_until and code_until > now else None,
+        locked_until=locked_until if locked_until and locked_until > now else None,
+    )
+
+
+def submit_public(
+    db: Session,
+    *,
+    body: ActRequestIn,
+    email: str,
+    proof: bytes | None,
+    now: datetime,
+    vault: Vault,
+) -> tuple[PublicRequest, str]:
+    """File a citizen's request (the proof encrypted into the commune's vault, the
+    address sealed with what the request states); returns what the acknowledgement
+    shows and the address to send it to. The caller commits, then sends."""
+    _check_public(db, body)
+    proof_id = vault.put(db, body.commune, io.BytesIO(proof), now=now).id if proof else None
+    view, _ = submit(
+        db,
+        None,
+        body,
+        now=now,
+        vault=vault,
+        channel="sve",
+        extra={"email": email},
+        proof_id=proof_id,
+    )
+    req = db.get(ActRequest, view.id)
+    assert req is not None
+    token = link_token(db, req.id, now=now, vault=vault)
+    return _public_view(db, req, token, {}, now), email
+
+
+def public_status(db: Session, token: str, *, now: datetime, vault: Vault) -> PublicRequest:
+    """The status page behind a follow-up link: a read that changes nothing (mail
+    scanners open links before people do)."""
+    req = _by_link(db, token, now=now, vault=vault)
+    _, payload = _sealed(db, vault, req)
+    return _public_view(db, req, token, payload, now)
+
+
+def _issued_public(req: ActRequest) -> None:
+    if req.status != RequestStatus.ISSUED or req.delivery_id is None:
+        raise Conflict(
+            "La copie n'est pas encore délivrée "
+            f"(statut : {RequestStatus(req.status).label.lower()})."
+        )
+
+
+def _not_locked(state: dict[str, Any], now: datetime) -> None:
+    locked_until = _moment(state.get("locked_until"))
+    if locked_until and locked_until > now:
+        raise RateLimited(
+            "Trop de codes erronés : le téléchargement de cette copie est bloqué jusqu'au "
+            f"{locked_until.astimezone(PARIS):%d/%m/%Y à %H:%M}. Vous pourrez alors demander "
+            "un nouveau code, ou contactez le service d'état civil."
+        )
+
+
+def _code_mac(db: Session, vault: Vault, req: ActRequest, code: str, now: datetime) -> str:
+    key = _platform_key(db, vault, CODE_PURPOSE, now)
+    return hmac.new(key, f"act-request:{req.id}:{code}".encode(), hashlib.sha256).hexdigest()
+
+
+def new_download_code(
+    db: Session,
+    keys: AccountKeys,
+    token: str,
+    *,
+    now: datetime,
+    vault: Vault,
+    policy: CounterPolicy,
+) -> tuple[PublicRequest, str, str]:
+    """A fresh 6-digit code for the issued copy behind `token` (the previous one no
+    longer works); returns the page's view, the code and the address to e-mail it to.
+    Codes sent per request are limited; wrong entries made so far still count."""
+    req = _by_link(db, token, now=now, vault=vault, lock=True)
+    _issued_public(req)
+    insee, payload = _sealed(db, vault, req)
+    state = dict(payload.get("download") or {})
+    _not_locked(state, now)
+    wait = throttle(
+        db,
+        keys,
+        "sve-code",
+        f"act-request:{req.id}",
+        limit=policy.codes_per_hour,
+        window_seconds=3600,
+        now=now,
+    )
+    if wait:
+        raise RateLimited(
+            f"Trop de codes demandés pour cette demande : réessayez dans {wait // 60 + 1} min."
+        )
+    code = f"{secrets.randbelow(10**6):06d}"
+    state.update(
+        code=_code_mac(db, vault, req, code, now),
+        expires=(now + timedelta(minutes=policy.code_minutes)).isoformat(),
+        locked_until=None,
+    )
+    payload["download"] = state
+    _reseal(db, vault, req, insee, payload)
+    return _public_view(db, req, token, payload, now), code, str(payload["email"])
+
+
+def public_document(
+    db: Session,
+    token: str,
+    code: str,
+    *,
+    now: datetime,
+    vault: Vault,
+    policy: CounterPolicy,
+) -> tuple[bytes, str]:
+    """The signed copy, for the right code (used once). A wrong code counts; after
+    `code_attempts` wrong ones in a row the download locks for `code_lockout_hours`.
+    The caller commits whether this returns or raises (the count must stay)."""
+    req = _by_link(db, token, now=now, vault=vault, lock=True)
+    _issued_public(req)
+    insee, payload = _sealed(db, vault, req)
+    state = dict(payload.get("download") or {})
+    _not_locked(state, now)
+    expires = _moment(state.get("expires"))
+    if not state.get("code") or expires is None or expires <= now:
+        raise ValidationFailed(
+            "Aucun code en cours de validité pour cette demande : demandez un nouveau code.",
+            errors=[{"field": "code", "message": "code expiré ou non demandé"}],
+        )
+    given = "".join(code.split())
+    if not (given.isdigit() and len(given) == 6) or not hmac.compare_digest(
+        _code_mac(db, vault, req, given, now), state["code"]
+    ):
+        tries = int(state.get("tries", 0)) + 1
+        state["tries"] = tries
+        if tries >= policy.code_attempts:
+            state.update(
+                code=None,
+                expires=None,
+                tries=0,
+                locked_until=(now + timedelta(hours=policy.code_lockout_hours)).isoformat(),
+            )
+        payload["download"] = state
+        _reseal(db, vault, req, insee, payload)
+        _not_locked(state, now)
+        left = policy.code_attempts - tries
+        raise ValidationFailed(
+            f"Code incorrect : il vous reste {left} essai{'s' if left > 1 else ''} avant que "
+            "le téléchargement soit bloqué.",
+            errors=[{"field": "code", "message": "code incorrect"}],
+        )
+    state.update(code=None, expires=None, tries=0)
+    payload["download"] = state
+    _reseal(db, vault, req, insee, payload)
+    data, name = registry.document(
+        db, PUBLIC, insee, f"delivery:{req.delivery_id}", now=now, vault=vault
+    )
+    if req.acknowledged_at is None:
+        # The person has the copy: the same receipt an API client gives with /ack.
+        req.acknowledged_at = now
+        record(
+            db,
+            EventType.REQUEST_ACKNOWLEDGED,
+            actor=str(PUBLIC),
+            subject=f"act-request:{req.id}",
+            tenant=insee,
+            now=now,
+        )
+    return data, name
