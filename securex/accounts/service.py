@@ -58,6 +58,7 @@ def _dummy_hash() -> str:
 
 
 TOTP_PERIOD = 30
+RATE_LIMIT_KEEP = timedelta(days=1)
 RECOVERY_CODES = 10
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 INSEE_RE = re.compile(r"^(\d{5}|2[AB]\d{3})$")
@@ -683,7 +684,10 @@ def purge_expired(db: Session, *, now: datetime, policy: SecurityPolicy) -> None
     )
     db.execute(
         delete(RateLimit).where(
-            RateLimit.window_start < now - timedelta(seconds=policy.window_seconds)
+            # Counters of other scopes (the citizens' counter, code lookups) have windows
+            # of up to a day: keep every row that long, whatever the login window.
+            RateLimit.window_start
+            < now - max(timedelta(seconds=policy.window_seconds), RATE_LIMIT_KEEP)
         )
     )
 

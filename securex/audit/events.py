@@ -74,6 +74,8 @@ class EventType(StrEnum):
     REQUEST_ACKNOWLEDGED = "comedec:act-request:acknowledged"
     REQUESTS_PURGED = "comedec:act-request:purged"
     VERIFICATION_ANSWERED = "comedec:verification:answered"
+    WEBHOOK_REGISTERED = "comedec:webhook:registered"
+    WEBHOOK_DISABLED = "comedec:webhook:disabled"
     WEBHOOK_DELIVERED = "comedec:webhook:delivered"
     WEBHOOK_FAILED = "comedec:webhook:failed"
     COMMUNE_SETTINGS_CHANGED = "comedec:settings:changed"

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from flask import Response, request, url_for
 from pydantic import BaseModel, Field
 
-from securex.comedec import service, xml
+from securex.comedec import service, webhooks, xml
 from securex.comedec.models import RequestStatus
 from securex.comedec.schema import ActRequestIn, VerificationIn
 from securex.web.api import (
@@ -318,3 +318,69 @@ def verify(body: VerificationIn) -> Any:
         201,
         {},
     )
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+class WebhookIn(BaseModel):
+    model_config = {"extra": "forbid", "strict": True}
+    url: str = Field(
+        description="HTTPS (http:// seulement vers 127.0.0.1, localhost ou [::1]), au plus "
+        "500 caractères ASCII, sans identifiants."
+    )
+
+
+class WebhookOut(BaseModel):
+    """Votre point de réception des changements d'état (Standard Webhooks)."""
+
+    url: str
+    created_at: datetime = Field(description="Date de l'enregistrement de cette URL et du secret.")
+    enabled: bool = Field(description="Faux après DELETE : plus rien n'est envoyé.")
+
+
+class WebhookRegistered(BaseModel):
+    """Le point de réception enregistré, avec son secret de signature."""
+
+    url: str
+    secret: str = Field(
+        description="`whsec_` + base64 de la clé HMAC-SHA256 : affiché cette fois seulement ; "
+        "un nouvel enregistrement en donne un autre (l'ancien ne vaut plus)."
+    )
+    created_at: datetime
+
+
+@bp.operation(
+    "/webhook",
+    "PUT",
+    summary="Enregistrer (ou remplacer) votre webhook",
+    body=WebhookIn,
+    response=WebhookRegistered,
+    errors=(422,),
+)
+def put_webhook(body: WebhookIn) -> WebhookRegistered:
+    """À chaque changement d'état d'une de vos demandes, securex envoie un POST signé
+    (Standard Webhooks) à cette URL. Chaque enregistrement remplace le précédent et
+    change le secret : c'est ainsi qu'on le renouvelle."""
+    endpoint, secret = webhooks.register(
+        db(), current_client(), body.url, now=now(), keyring=state().vault.keyring
+    )
+    db().commit()
+    return WebhookRegistered(url=endpoint.url, secret=secret, created_at=endpoint.created_at)
+
+
+@bp.operation("/webhook", summary="Votre webhook", response=WebhookOut, errors=(404,))
+def get_webhook() -> WebhookOut:
+    """Le secret n'est jamais réaffiché : enregistrez à nouveau pour en obtenir un autre."""
+    endpoint = webhooks.get(db(), current_client())
+    return WebhookOut(
+        url=endpoint.url, created_at=endpoint.created_at, enabled=endpoint.disabled_at is None
+    )
+
+
+@bp.operation("/webhook", "DELETE", summary="Arrêter les webhooks", status=204)
+def delete_webhook() -> Any:
+    """Plus aucun envoi, y compris des événements en attente de nouvel essai."""
+    webhooks.disable(db(), current_client(), now=now())
+    db().commit()
+    return None, 204, {}

@@ -1,4 +1,5 @@
-"""Background work of the exchange: issuing a clean request with the commune's seal."""
+"""Background work of the exchange: issuing a clean request with the commune's seal,
+webhooks to requesters, and the one-year purge."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 from datetime import timedelta
 
 from securex.accounts.models import Tenant
-from securex.comedec import service
+from securex.comedec import service, webhooks
 from securex.db import transaction
 from securex.errors import SecurexError
 from securex.jobs.models import Job
@@ -40,3 +41,30 @@ def purge(rt: Runtime) -> None:
     """Requests past their year (décret 2017-890 art. 29) go, with their sealed data."""
     with transaction(rt.sessions) as db:
         service.purge(db, now=rt.clock(), vault=rt.vault)
+
+
+# With the jobs' backoff, a webhook is retried after 1, 2, 4 … 32 min, then 1 h: over
+# about two hours, long enough for a receiver's restart or deployment.
+WEBHOOK_ATTEMPTS = 8
+
+
+@handler(service.WEBHOOK_JOB, max_attempts=WEBHOOK_ATTEMPTS)
+def webhook(rt: Runtime, job_id: int) -> None:
+    """Tell a requester of a status change (Standard Webhooks). A failed attempt
+    raises, so the job is retried; a removed endpoint ends it quietly."""
+    with rt.sessions() as db:
+        job = db.get(Job, job_id)
+        assert job is not None
+        payload = json.loads(job.payload)
+        tenant = db.get(Tenant, job.tenant_id) if job.tenant_id else None
+        insee = tenant.insee if tenant else None
+    webhooks.deliver(
+        rt.sessions,
+        payload["endpoint"],
+        payload["event"],
+        job_id=job_id,
+        keyring=rt.vault.keyring,
+        clock=rt.clock,
+        tenant=insee,
+        allow_private=bool(rt.settings["comedec.webhook_allow_private"]),
+    )

@@ -11,8 +11,12 @@ commune's seal), else queue. Every step is audited without personal data.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
+import io
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -23,7 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from securex.accounts.models import ApiClient, Tenant
-from securex.accounts.service import Actor
+from securex.accounts.service import AccountKeys, Actor, throttle
 from securex.audit.events import EventType
 from securex.audit.log import record
 from securex.comedec import rules
@@ -35,7 +39,7 @@ from securex.comedec.models import (
     WebhookEndpoint,
 )
 from securex.comedec.schema import ActRequestIn, VerificationIn
-from securex.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from securex.errors import Conflict, Forbidden, NotFound, RateLimited, ValidationFailed
 from securex.jobs.service import enqueue
 from securex.registry import render
 from securex.registry import service as registry
@@ -103,15 +107,17 @@ def body_hash(body: ActRequestIn | VerificationIn) -> str:
 
 
 def required_fields(act_kind: ActKind, delivery: DeliveryKind) -> list[str]:
-    """What a request must state (art. 29): nom, prénoms, date and place of the event;
-    for a copie intégrale or an extrait avec filiation of a birth, the parents; of a
-    marriage, its date and place."""
-    fields = ["person.nom", "person.prenoms", "person.date", "person.lieu"]
-    full = delivery is not DeliveryKind.EXTRAIT_SANS_FILIATION
-    if full and act_kind is ActKind.NAISSANCE:
-        fields.append("parents")
-    if full and act_kind is ActKind.MARIAGE:
+    """What a request must state (art. 29): nom, prénoms, date and place of the event
+    — for a marriage, the marriage's (`event`), for the other acts the person's
+    (`person.date`, `person.lieu`) —; for a copie intégrale or an extrait avec
+    filiation of a birth, also the parents."""
+    fields = ["person.nom", "person.prenoms"]
+    if act_kind is ActKind.MARIAGE:
         fields += ["event.date", "event.lieu"]
+    else:
+        fields += ["person.date", "person.lieu"]
+    if act_kind is ActKind.NAISSANCE and delivery is not DeliveryKind.EXTRAIT_SANS_FILIATION:
+        fields.append("parents")
     return fields
 
 
@@ -1027,15 +1033,6 @@ def purge(db: Session, *, now: datetime, vault: Vault) -> int:
 # address of the request opens its download. The link is an HMAC of the request id
 # (nothing stored); the code's HMAC, its expiry and the wrong entries are kept in the
 # request's sealed data, under "download", next to the address ("email").
-# Appended section: its imports stay here until the module's header is edited.
-
-import base64  # noqa: E402
-import hmac  # noqa: E402
-import io  # noqa: E402
-import secrets  # noqa: E402
-
-from securex.accounts.service import AccountKeys, throttle  # noqa: E402
-from securex.errors import RateLimited  # noqa: E402
 
 PUBLIC = Actor("public", "sve")
 LINK_PURPOSE = "sve-links"
