@@ -10,31 +10,26 @@ answers 404 exactly like a missing one.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import BooleanField, IntegerField, RadioField, StringField, TextAreaField
 from wtforms.validators import DataRequired, InputRequired, Length, NumberRange
 
-from securex.accounts.models import Role, User
-from securex.accounts.service import Actor
+from securex.accounts.models import Role
 from securex.audit.events import EventType
 from securex.audit.log import record
 from securex.comedec import rules, service
 from securex.comedec.models import ActRequest, CommuneSettings, RequestStatus
 from securex.errors import NotFound, SecurexError
 from securex.registry.schema import ActKind, DeliveryKind
-from securex.registry.views import staff_only
+from securex.web import roles
 from securex.web.context import db, now, state
 
 bp = Blueprint("comedec", __name__, template_folder="templates")
 
-F = TypeVar("F", bound=Callable[..., Any])
 
 # The queue's tabs: value in the URL -> (label, status shown; None for every status).
 TABS: dict[str, tuple[str, str | None]] = {
@@ -59,38 +54,10 @@ PROOF_TYPES = (
 # --- who may do what -----------------------------------------------------------------
 
 
-def _user() -> User:
-    user: User = current_user._get_current_object()
-    return user
-
-
-def admin_only(view: F) -> F:
-    """The commune's administrator (the platform's administrators have no commune)."""
-
-    @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        user = _user()
-        if user.tenant is None or user.role_enum is not Role.ADMIN:
-            abort(403)
-        return view(*args, **kwargs)
-
-    return cast(F, login_required(wrapped))
-
-
-def _actor() -> Actor:
-    return Actor.for_user(_user())
-
-
-def _insee() -> str:
-    tenant = _user().tenant
-    assert tenant is not None  # checked by staff_only / admin_only
-    return tenant.insee
-
-
 def _row(request_id: int) -> ActRequest:
     """The request's routing facts (no sealed data), if it is the user's commune's."""
     req = db().get(ActRequest, request_id)
-    if req is None or req.tenant_id != _user().tenant_id:
+    if req is None or req.tenant_id != roles.current().tenant_id:
         raise NotFound("Demande introuvable.")
     return req
 
@@ -176,12 +143,12 @@ class SettingsForm(FlaskForm):
 
 
 @bp.get("/demandes")
-@staff_only
+@roles.staff_only
 def queue() -> Any:
     tab = request.args.get("etat", "a-traiter")
     if tab not in TABS:
         abort(404)
-    items = service.agent_queue(db(), _actor(), _insee(), now=now(), status=TABS[tab][1])
+    items = service.agent_queue(db(), roles.actor(), roles.insee(), now=now(), status=TABS[tab][1])
     ids = [item.view.id for item in items]
     waiting = set(
         db().scalars(
@@ -200,7 +167,7 @@ def queue() -> Any:
         waiting=waiting,
         tabs=TABS,
         tab=tab,
-        is_admin=_user().role_enum is Role.ADMIN,
+        is_admin=roles.current().role_enum is Role.ADMIN,
     )
 
 
@@ -253,7 +220,9 @@ def stated(act_kind: str, data: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def _examine(request_id: int) -> service.QueuedRequest:
-    return service.examine(db(), _actor(), _insee(), request_id, now=now(), vault=state().vault)
+    return service.examine(
+        db(), roles.actor(), roles.insee(), request_id, now=now(), vault=state().vault
+    )
 
 
 def _render_request(
@@ -292,7 +261,7 @@ def _render_request(
 
 
 @bp.get("/demandes/<int:request_id>")
-@staff_only
+@roles.staff_only
 def request_page(request_id: int) -> Any:
     return _render_request(request_id)
 
@@ -310,7 +279,7 @@ def _still_open(req: ActRequest) -> bool:
 
 
 @bp.post("/demandes/<int:request_id>/preparer")
-@staff_only
+@roles.staff_only
 def prepare(request_id: int) -> Any:
     if not _still_open(_row(request_id)):
         return redirect(url_for(".request_page", request_id=request_id))
@@ -327,8 +296,8 @@ def prepare(request_id: int) -> Any:
     try:
         service.prepare_delivery(
             db(),
-            _actor(),
-            _insee(),
+            roles.actor(),
+            roles.insee(),
             request_id,
             int(form.act.data or 0),
             now=now(),
@@ -350,7 +319,7 @@ def prepare(request_id: int) -> Any:
 
 
 @bp.post("/demandes/<int:request_id>/refuser")
-@staff_only
+@roles.staff_only
 def refuse(request_id: int) -> Any:
     if not _still_open(_row(request_id)):
         return redirect(url_for(".request_page", request_id=request_id))
@@ -359,7 +328,7 @@ def refuse(request_id: int) -> Any:
         return _render_request(request_id, refuse=form, status=400)
     try:
         service.refuse(
-            db(), _actor(), _insee(), request_id, reason=form.reason.data or "", now=now()
+            db(), roles.actor(), roles.insee(), request_id, reason=form.reason.data or "", now=now()
         )
     except NotFound:
         raise
@@ -373,14 +342,14 @@ def refuse(request_id: int) -> Any:
 
 
 @bp.post("/demandes/<int:request_id>/introuvable")
-@staff_only
+@roles.staff_only
 def not_found(request_id: int) -> Any:
     if not _still_open(_row(request_id)):
         return redirect(url_for(".request_page", request_id=request_id))
     if not NotFoundForm(prefix="introuvable").validate_on_submit():
         abort(400)
     try:
-        service.confirm_not_found(db(), _actor(), _insee(), request_id, now=now())
+        service.confirm_not_found(db(), roles.actor(), roles.insee(), request_id, now=now())
     except NotFound:
         raise
     except SecurexError as exc:
@@ -393,18 +362,18 @@ def not_found(request_id: int) -> Any:
 
 
 @bp.get("/demandes/<int:request_id>/justificatif")
-@staff_only
+@roles.staff_only
 def proof(request_id: int) -> Any:
     """The proof the citizen uploaded (a vault object, not a registry document)."""
     req = _row(request_id)
     if req.proof_id is None:
         raise NotFound("Cette demande n'a pas de justificatif.")
-    insee = _insee()
+    insee = roles.insee()
     data = state().vault.read_all(db(), insee, req.proof_id)
     record(
         db(),
         EventType.DOCUMENT_DOWNLOADED,
-        actor=str(_actor()),
+        actor=str(roles.actor()),
         subject=f"act-request:{req.id}",
         tenant=insee,
         details={"document": "proof"},
@@ -426,9 +395,9 @@ def proof(request_id: int) -> Any:
 
 
 @bp.route("/commune/parametres", methods=["GET", "POST"])
-@admin_only
+@roles.admin_only
 def settings() -> Any:
-    user = _user()
+    user = roles.current()
     assert user.tenant is not None
     current = service.settings_of(db(), user.tenant)
     if request.method == "GET":
@@ -459,7 +428,7 @@ def settings() -> Any:
     record(
         db(),
         EventType.COMMUNE_SETTINGS_CHANGED,
-        actor=str(_actor()),
+        actor=str(roles.actor()),
         subject=f"commune-settings:{insee}",
         tenant=insee,
         details={

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar, cast
+from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
-from flask_login import current_user, login_required
 from wtforms.fields.choices import SelectChoice
 
-from securex.accounts.models import Role, User
-from securex.accounts.service import Actor, throttle
+from securex.accounts.models import Role
+from securex.accounts.service import throttle
 from securex.errors import (
     AccountLocked,
     AuthenticationFailed,
@@ -32,57 +29,14 @@ from securex.jobs.service import get_job
 from securex.registry import batch, forms, service
 from securex.registry.models import AvisStatus, Status
 from securex.registry.schema import ActKind, DeliveryKind
-from securex.web import csrf
+from securex.web import csrf, roles
 from securex.web.context import db, now, state
 from securex.web.signing import validate_document
 
 bp = Blueprint("registry", __name__, template_folder="templates")
 
-STAFF = frozenset({Role.AGENT, Role.OFFICER, Role.ADMIN})
-F = TypeVar("F", bound=Callable[..., Any])
-
 
 # --- who may do what -----------------------------------------------------------------
-
-
-def _user() -> User:
-    user: User = current_user._get_current_object()
-    return user
-
-
-def staff_only(view: F) -> F:
-    """The commune's agents, officiers and administrators; anyone else gets 403 (the
-    platform's administrators have no commune, hence no register)."""
-
-    @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        user = _user()
-        if user.tenant is None or user.role_enum not in STAFF:
-            abort(403)
-        return view(*args, **kwargs)
-
-    return cast(F, login_required(wrapped))
-
-
-def officer_only(view: F) -> F:
-    @wraps(view)
-    def wrapped(*args: Any, **kwargs: Any) -> Any:
-        user = _user()
-        if user.tenant is None or user.role_enum is not Role.OFFICER:
-            abort(403)
-        return view(*args, **kwargs)
-
-    return cast(F, login_required(wrapped))
-
-
-def _actor() -> Actor:
-    return Actor.for_user(_user())
-
-
-def _insee() -> str:
-    tenant = _user().tenant
-    assert tenant is not None  # checked by staff_only / officer_only
-    return tenant.insee
 
 
 def _vault() -> Any:
@@ -102,7 +56,7 @@ def _helpers() -> dict[str, Any]:
 
 
 @bp.get("/registre")
-@staff_only
+@roles.staff_only
 def index() -> Any:
     form = forms.SearchForm(request.args)
     results = None
@@ -118,8 +72,8 @@ def index() -> Any:
                 try:
                     results = service.search(
                         db(),
-                        _actor(),
-                        _insee(),
+                        roles.actor(),
+                        roles.insee(),
                         nom=form.nom.data or "",
                         prenoms=form.prenoms.data or "",
                         day=day,
@@ -135,8 +89,8 @@ def index() -> Any:
                     db().commit()
             else:
                 status = 422
-    drafts = service.list_acts(db(), _insee(), status=Status.DRAFT.value)
-    pending = service.list_acts(db(), _insee(), status=Status.PENDING.value)
+    drafts = service.list_acts(db(), roles.insee(), status=Status.DRAFT.value)
+    pending = service.list_acts(db(), roles.insee(), status=Status.PENDING.value)
     return render_template(
         "registry/index.html",
         form=form,
@@ -159,7 +113,7 @@ def _act_kind(value: str | None) -> ActKind | None:
 
 
 @bp.route("/registre/actes/nouveau", methods=["GET", "POST"])
-@staff_only
+@roles.staff_only
 def new_act() -> Any:
     kind = _act_kind(request.args.get("type"))
     if kind is None:
@@ -170,8 +124,8 @@ def new_act() -> Any:
         try:
             act_id = service.create_act(
                 db(),
-                _actor(),
-                insee=_insee(),
+                roles.actor(),
+                insee=roles.insee(),
                 kind=kind.value,
                 content=forms.to_data(form),
                 now=now(),
@@ -192,9 +146,9 @@ def new_act() -> Any:
 
 
 @bp.route("/registre/actes/<int:act_id>/modifier", methods=["GET", "POST"])
-@staff_only
+@roles.staff_only
 def edit_act(act_id: int) -> Any:
-    rec = service.get_act(db(), _actor(), _insee(), act_id, now=now(), vault=_vault())
+    rec = service.get_act(db(), roles.actor(), roles.insee(), act_id, now=now(), vault=_vault())
     db().commit()  # the read is audited, whatever happens next
     if rec.status == Status.SIGNED:
         flash(
@@ -215,8 +169,8 @@ def edit_act(act_id: int) -> Any:
         try:
             service.update_draft(
                 db(),
-                _actor(),
-                _insee(),
+                roles.actor(),
+                roles.insee(),
                 act_id,
                 content=forms.to_data(form),
                 now=now(),
@@ -242,11 +196,11 @@ def edit_act(act_id: int) -> Any:
 
 
 @bp.post("/registre/actes/<int:act_id>/presenter")
-@staff_only
+@roles.staff_only
 def submit_act(act_id: int) -> Any:
     if forms.ActionForm().validate_on_submit():
         try:
-            service.submit_act(db(), _actor(), _insee(), act_id, now=now())
+            service.submit_act(db(), roles.actor(), roles.insee(), act_id, now=now())
         except NotFound:
             raise
         except SecurexError as exc:
@@ -266,8 +220,8 @@ def _render_act(
     delivery: forms.DeliveryForm | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
-    rec = service.get_act(db(), _actor(), _insee(), act_id, now=now(), vault=_vault())
-    deliveries = service.deliveries_of(db(), _actor(), _insee(), act_id, vault=_vault())
+    rec = service.get_act(db(), roles.actor(), roles.insee(), act_id, now=now(), vault=_vault())
+    deliveries = service.deliveries_of(db(), roles.actor(), roles.insee(), act_id, vault=_vault())
     db().commit()
     if delivery is None:
         delivery = forms.delivery_form(rec.kind)
@@ -281,20 +235,20 @@ def _render_act(
         action_form=forms.ActionForm(),
         delivery_form=delivery,
         mention_kinds=forms.mention_kinds(rec.kind),
-        can_sign=_user().role_enum is Role.OFFICER,
+        can_sign=roles.current().role_enum is Role.OFFICER,
     ), status
 
 
 @bp.get("/registre/actes/<int:act_id>")
-@staff_only
+@roles.staff_only
 def act(act_id: int) -> Any:
     return _render_act(act_id)
 
 
 @bp.route("/registre/actes/<int:act_id>/mentions/nouvelle", methods=["GET", "POST"])
-@staff_only
+@roles.staff_only
 def new_mention(act_id: int) -> Any:
-    rec = service.get_act(db(), _actor(), _insee(), act_id, now=now(), vault=_vault())
+    rec = service.get_act(db(), roles.actor(), roles.insee(), act_id, now=now(), vault=_vault())
     db().commit()
     if rec.status != Status.SIGNED:
         flash("Une mention s'appose sur un acte signé ; cet acte est encore un projet.", "warning")
@@ -307,8 +261,8 @@ def new_mention(act_id: int) -> Any:
         try:
             service.add_mention(
                 db(),
-                _actor(),
-                _insee(),
+                roles.actor(),
+                roles.insee(),
                 act_id,
                 kind=form.kind.data or "",
                 facts=forms.to_data(form),
@@ -333,7 +287,7 @@ def new_mention(act_id: int) -> Any:
 
 
 @bp.route("/registre/actes/<int:act_id>/delivrances/nouvelle", methods=["GET", "POST"])
-@staff_only
+@roles.staff_only
 def new_delivery(act_id: int) -> Any:
     if request.method == "GET":
         return redirect(url_for(".act", act_id=act_id, _anchor="delivrer"))
@@ -342,8 +296,8 @@ def new_delivery(act_id: int) -> Any:
         try:
             service.request_delivery(
                 db(),
-                _actor(),
-                _insee(),
+                roles.actor(),
+                roles.insee(),
                 act_id,
                 kind=form.kind.data or "",
                 requester=form.requester.data or "",
@@ -387,19 +341,21 @@ def ref_args(ref: str) -> dict[str, Any]:
 
 
 @bp.get(f"/registre/documents/{REF}")
-@staff_only
+@roles.staff_only
 def document(kind: str, ident: int) -> Any:
     ref = f"{kind}:{ident}"
-    data, name = service.document(db(), _actor(), _insee(), ref, now=now(), vault=_vault())
+    data, name = service.document(
+        db(), roles.actor(), roles.insee(), ref, now=now(), vault=_vault()
+    )
     db().commit()
     return _pdf(data, name, inline=False)
 
 
 @bp.get(f"/registre/apercu/{REF}")
-@staff_only
+@roles.staff_only
 def preview(kind: str, ident: int) -> Any:
     ref = f"{kind}:{ident}"
-    data = service.preview(db(), _actor(), _insee(), ref, now=now(), vault=_vault())
+    data = service.preview(db(), roles.actor(), roles.insee(), ref, now=now(), vault=_vault())
     db().commit()
     return _pdf(data, f"apercu-{kind}-{ident}.pdf", inline=True)
 
@@ -408,7 +364,7 @@ def preview(kind: str, ident: int) -> Any:
 
 
 @bp.get("/registre/avis")
-@staff_only
+@roles.staff_only
 def avis() -> Any:
     return _render_avis()
 
@@ -417,7 +373,7 @@ def _render_avis(
     forms_for: dict[int, tuple[forms.ApplyAvisForm, forms.RejectAvisForm]] | None = None,
     status: int = 200,
 ) -> tuple[str, int]:
-    actor, insee, vault = _actor(), _insee(), _vault()
+    actor, insee, vault = roles.actor(), roles.insee(), _vault()
     incoming = service.list_avis(db(), actor, insee, incoming=True, now=now(), vault=vault)
     sent = service.list_avis(db(), actor, insee, incoming=False, now=now(), vault=vault)
     pending: list[dict[str, Any]] = []
@@ -449,7 +405,7 @@ def _render_avis(
 
 
 @bp.post("/registre/avis/<int:avis_id>/appliquer")
-@staff_only
+@roles.staff_only
 def apply_avis(avis_id: int) -> Any:
     form = forms.ApplyAvisForm(prefix=f"avis{avis_id}")
     form.act.choices = []
@@ -457,8 +413,8 @@ def apply_avis(avis_id: int) -> Any:
         try:
             service.apply_avis(
                 db(),
-                _actor(),
-                _insee(),
+                roles.actor(),
+                roles.insee(),
                 avis_id,
                 int(form.act.data or 0),
                 now=now(),
@@ -479,7 +435,7 @@ def apply_avis(avis_id: int) -> Any:
 
 
 @bp.post("/registre/avis/<int:avis_id>/rejeter")
-@staff_only
+@roles.staff_only
 def reject_avis(avis_id: int) -> Any:
     form = forms.RejectAvisForm(prefix=f"rejet{avis_id}")
     status = 400
@@ -487,8 +443,8 @@ def reject_avis(avis_id: int) -> Any:
         try:
             service.reject_avis(
                 db(),
-                _actor(),
-                _insee(),
+                roles.actor(),
+                roles.insee(),
                 avis_id,
                 reason=form.reason.data or "",
                 now=now(),
@@ -509,9 +465,9 @@ def reject_avis(avis_id: int) -> Any:
 
 
 @bp.route("/registre/signature", methods=["GET", "POST"])
-@officer_only
+@roles.officer_only
 def queue() -> Any:
-    items = service.signature_queue(db(), _actor(), _insee(), now=now(), vault=_vault())
+    items = service.signature_queue(db(), roles.actor(), roles.insee(), now=now(), vault=_vault())
     form = forms.BatchForm()
     selected: set[str] = set()
     status = 200
@@ -526,7 +482,7 @@ def queue() -> Any:
                     db(),
                     state().keys,
                     state().policy,
-                    _user(),
+                    roles.current(),
                     refs,
                     totp_code=(form.code.data or "").strip(),
                     now=now(),
@@ -548,9 +504,9 @@ def queue() -> Any:
 
 
 @bp.get("/registre/signature/lots/<int:job_id>")
-@officer_only
+@roles.officer_only
 def job(job_id: int) -> Any:
-    user = _user()
+    user = roles.current()
     found = get_job(db(), job_id, tenant_id=user.tenant_id)
     if found.kind != batch.KIND:
         raise NotFound("Tâche introuvable.")
