@@ -112,6 +112,20 @@ class Registry:
         with transaction(self.factory) as db:
             return service.sign_item(db, ref, signing=signing, now=self.clock(), vault=self.vault)
 
+    def batch(self, refs: list[str]) -> int:
+        """Queue a batch confirmed by the officer's current TOTP code."""
+        officer = self.make.get_user(self.officer.id)
+        with transaction(self.factory) as db:
+            return start_batch(
+                db,
+                self.make.keys,
+                self.make.policy,
+                officer,
+                refs,
+                totp_code=self.officer.code(self.clock()),
+                now=self.clock(),
+            )
+
     def act(self, act_id: int, insee: str = MDM) -> service.ActRecord:
         with transaction(self.factory) as db:
             return service.get_act(
@@ -615,16 +629,7 @@ def test_batch_signing_with_one_fresh_totp_code(reg):
             now=reg.clock(),
         )
     reg.clock.advance(seconds=30)
-    with transaction(reg.factory) as db:
-        job_id = start_batch(
-            db,
-            reg.make.keys,
-            reg.make.policy,
-            reg.make.get_user(reg.officer.id),
-            refs,
-            totp_code=reg.officer.code(reg.clock()),
-            now=reg.clock(),
-        )
+    job_id = reg.batch(refs)
     assert run_pending(reg.rt) == 1
     with reg.factory() as db:
         job = db.get(Job, job_id)
@@ -640,16 +645,7 @@ def test_batch_signing_with_one_fresh_totp_code(reg):
 def test_a_batch_interrupted_midway_resumes_without_signing_twice(reg):
     acts = [reg.draft(content=naissance(prenoms=f"Enfant {n}")) for n in range(2)]
     reg.clock.advance(seconds=30)
-    with transaction(reg.factory) as db:
-        job_id = start_batch(
-            db,
-            reg.make.keys,
-            reg.make.policy,
-            reg.make.get_user(reg.officer.id),
-            [f"act:{a}" for a in acts],
-            totp_code=reg.officer.code(reg.clock()),
-            now=reg.clock(),
-        )
+    job_id = reg.batch([f"act:{a}" for a in acts])
     # A worker signed the first item, then died: the job stays "running", heartbeat old.
     reg.sign(f"act:{acts[0]}")
     with transaction(reg.factory) as db:
@@ -746,16 +742,7 @@ def test_the_worker_command_runs_queued_batches(reg, settings, monkeypatch):
 
     act_id = reg.draft()
     reg.clock.advance(seconds=30)
-    with transaction(reg.factory) as db:
-        start_batch(
-            db,
-            reg.make.keys,
-            reg.make.policy,
-            reg.make.get_user(reg.officer.id),
-            [f"act:{act_id}"],
-            totp_code=reg.officer.code(reg.clock()),
-            now=reg.clock(),
-        )
+    reg.batch([f"act:{act_id}"])
     with transaction(reg.factory) as db:  # the command runs on the real clock
         db.execute(update(Job).values(run_after=reg.clock() - timedelta(days=3)))
     monkeypatch.setenv("SECUREX_INSTANCE", str(settings.instance))
@@ -772,16 +759,7 @@ def test_a_revoked_officer_signs_nothing_at_any_level(reg, demo_pki, settings):
     cert = demo_pki.officer_cert(reg.make.get_user(reg.officer.id).email)
     demo_pki.revoke(cert.serial_number, now=reg.clock() - timedelta(hours=1))
     reg.clock.advance(seconds=30)
-    with transaction(reg.factory) as db:
-        job_id = start_batch(
-            db,
-            reg.make.keys,
-            reg.make.policy,
-            reg.make.get_user(reg.officer.id),
-            [f"act:{act_id}"],
-            totp_code=reg.officer.code(reg.clock()),
-            now=reg.clock(),
-        )
+    job_id = reg.batch([f"act:{act_id}"])
     run_pending(reg.rt)
     with reg.factory() as db:
         job = db.get(Job, job_id)
@@ -793,16 +771,7 @@ def test_a_revoked_officer_signs_nothing_at_any_level(reg, demo_pki, settings):
 def test_job_results_name_acts_but_never_persons(reg):
     act_id = reg.draft(content=naissance("Zanetti", "Ornella"))
     reg.clock.advance(seconds=30)
-    with transaction(reg.factory) as db:
-        job_id = start_batch(
-            db,
-            reg.make.keys,
-            reg.make.policy,
-            reg.make.get_user(reg.officer.id),
-            [f"act:{act_id}"],
-            totp_code=reg.officer.code(reg.clock()),
-            now=reg.clock(),
-        )
+    job_id = reg.batch([f"act:{act_id}"])
     run_pending(reg.rt)
     with reg.factory() as db:
         result = db.get(Job, job_id).result
