@@ -72,10 +72,26 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A transaction that only reads (`reading(session)`) takes no write lock: in
+            # WAL mode it reads a snapshot while writers go on.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN DEFERRED")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
+
+
+READ_ONLY = "securex_read_only"
+
+
+def reading(session: Session) -> None:
+    """Declare the session's next transaction read-only: on SQLite it then starts
+    without the write lock (BEGIN DEFERRED), so long reads do not hold up writers. Call
+    it before the transaction's first statement; commit (or roll back) before writing,
+    and the next transaction takes the write lock as usual. A no-op on PostgreSQL."""
+    session.connection(execution_options={READ_ONLY: True})
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:

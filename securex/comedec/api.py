@@ -146,6 +146,7 @@ IDEMPOTENCY = {
     status=201,
     errors=(403, 409, 422),
     query=[IDEMPOTENCY],
+    read_first=True,
 )
 def submit(body: ActRequestIn) -> Any:
     """La demande est vérifiée (art. 29), la qualité du demandeur confrontée à la loi
@@ -159,6 +160,7 @@ def submit(body: ActRequestIn) -> Any:
         now=now(),
         vault=state().vault,
         idempotency_key=_idempotency_key(),
+        between=db().commit,  # ends the read-only transaction: the writes take the lock
     )
     db().commit()
     headers = {"Location": url_for("comedec_api.get_request", request_id=view.id)}
@@ -170,6 +172,7 @@ def submit(body: ActRequestIn) -> Any:
 @bp.operation(
     "/act-requests",
     summary="Vos demandes",
+    read_first=True,
     response=ActRequestPage,
     errors=(422,),
     query=[
@@ -216,6 +219,7 @@ def list_requests() -> ActRequestPage:
     summary="État d'une demande",
     response=ActRequestOut,
     errors=(404,),
+    read_first=True,
 )
 def get_request(request_id: int) -> ActRequestOut:
     return _out(service.get(db(), current_client(), request_id, vault=state().vault))

@@ -218,6 +218,7 @@ def _candidates(
         now=now,
         vault=vault,
         audited=False,  # the request's own event records the outcome
+        light=True,  # matching needs the content, not the mentions and scans
     )
     return [act for act in found if act.status == Status.SIGNED]
 
@@ -294,10 +295,16 @@ def submit(
     channel: str = "api",
     extra: dict[str, Any] | None = None,
     proof_id: str | None = None,
+    between: Callable[[], None] | None = None,
 ) -> tuple[RequestView, bool]:
     """File a request; returns its view and whether it was created now (False for an
     idempotent retry). `client` is None for the public counter, whose citizens
-    declare a capacity like the `guichet` clients'."""
+    declare a capacity like the `guichet` clients'.
+
+    Everything up to the decision only reads; `between` (e.g. the session's commit)
+    is called before the writes, so that a caller who began with a read-only
+    transaction (`securex.db.reading`) holds SQLite's write lock only for the insert,
+    its audit event and its job — about a millisecond instead of the whole request."""
     digest = body_hash(body)
     previous = _existing(db, ActRequest, client, idempotency_key, digest)
     if previous is not None:
@@ -348,6 +355,11 @@ def submit(
             )
             basis, reason = decision.legal_basis, decision.reason
         status, reason = _route(decision, found, prefs, reason)
+    if between is not None:
+        between()
+        previous = _existing(db, ActRequest, client, idempotency_key, digest)
+        if previous is not None:  # the same key filed meanwhile by a concurrent retry
+            return _view(db, previous, body.reference), False
     data = {**body.model_dump(mode="json"), **(extra or {})}
     with column_keys(db, vault.keyring, tenant.insee):
         req = ActRequest(

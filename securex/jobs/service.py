@@ -29,7 +29,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from securex.db import transaction
+from securex.db import reading, transaction
 from securex.errors import NotFound
 from securex.jobs.models import Job
 
@@ -180,8 +180,28 @@ def progress(
             apply(session)
 
 
+def _anything_due(rt: Runtime) -> bool:
+    """A look without the write lock, so that idle workers polling often cost the
+    other writers nothing."""
+    now = rt.clock()
+    with rt.sessions() as db:
+        reading(db)
+        due = db.scalar(
+            select(Job.id)
+            .where(
+                ((Job.status == "queued") & (Job.run_after <= now))
+                | ((Job.status == "running") & (Job.heartbeat_at < now - STALE_AFTER))
+            )
+            .limit(1)
+        )
+        db.rollback()
+    return due is not None
+
+
 def run_one(rt: Runtime, worker: str) -> bool:
     """Claim and run one job; False when there was none."""
+    if not _anything_due(rt):
+        return False
     with transaction(rt.sessions) as db:
         job_id = claim(db, worker, rt.clock())
         kind = db.get(Job, job_id).kind if job_id else None  # type: ignore[union-attr]

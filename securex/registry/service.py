@@ -219,8 +219,9 @@ def _mention_record(row: Mention, applied_place: str) -> MentionRecord:
     return MentionRecord(row.id, row.act_id, row.status, view, row.avis_id, row.document_id)
 
 
-def _record(db: Session, act: Act, commune: str) -> ActRecord:
-    """The act with its mentions and scans (call inside the commune's keys)."""
+def _record(db: Session, act: Act, commune: str, *, light: bool = False) -> ActRecord:
+    """The act with its mentions and scans (call inside the commune's keys); `light`:
+    the content only."""
     kind = ActKind(act.kind)
     content = parse_content(kind, json.loads(act.content))
     view = render.ActView(
@@ -233,6 +234,8 @@ def _record(db: Session, act: Act, commune: str) -> ActRecord:
         officer=act.officer_name,
         content=content,
     )
+    if light:
+        return ActRecord(act.id, act.status, view, act.imported, act.document_id)
     rows = list(
         db.scalars(
             select(Mention).where(Mention.act_id == act.id).order_by(Mention.applied_on, Mention.id)
@@ -542,6 +545,7 @@ def search(
     now: datetime,
     vault: Vault,
     audited: bool = True,
+    light: bool = False,
 ) -> list[ActRecord]:
     """Acts whose subject has exactly this nom and prénoms (accents, case, hyphens and
     apostrophes folded), optionally born or concerned on `day`, at `lieu`. A caller
@@ -557,7 +561,7 @@ def search(
     with _keys(db, vault, insee):
         for act in db.scalars(select(Act).where(Act.id.in_(ids)).order_by(Act.id)):
             if wanted is None or act.kind == wanted.value:
-                found.append(_record(db, act, tenant.name))
+                found.append(_record(db, act, tenant.name, light=light))
     if not audited:
         return found
     record(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from securex import __version__
 from securex.accounts.models import ApiClient, User
 from securex.accounts.service import authenticate_client, authenticate_personal_token
+from securex.db import reading
 from securex.errors import (
     AuthenticationFailed,
     SecurexError,
@@ -134,9 +135,13 @@ class ApiBlueprint(Blueprint):
         query: list[dict[str, Any]] | None = None,
         raw_body: str | None = None,
         raw_response: str | None = None,
+        read_first: bool = False,
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Declare an operation. `auth`: see `Auth` (`True`: an API client's token).
-        With `raw_response` (a media type) the view returns a Flask `Response` itself."""
+        With `raw_response` (a media type) the view returns a Flask `Response` itself.
+        `read_first`: the request's first transaction only reads (no write lock on
+        SQLite: `securex.db.reading`); a view that writes commits it first. Only with
+        client tokens, whose check writes nothing."""
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             op = Operation(
@@ -159,6 +164,8 @@ class ApiBlueprint(Blueprint):
 
             @wraps(fn)
             def view(**kwargs: Any) -> Response:
+                if read_first:
+                    reading(db())
                 if op.auth is Auth.CLIENT:
                     g.api_client = authenticate_client(db(), _bearer())
                 elif op.auth is Auth.USER:
