@@ -28,7 +28,10 @@ from securex.errors import ConfigError, SecurexError
 log = logging.getLogger("securex.mail")
 
 PASSWORD_ENV = "SECUREX_MAIL_PASSWORD"  # noqa: S105 (the variable's name, not a password)
-_ADDRESS = re.compile(r"^[^@\s<>\",;]+@[^@\s<>\",;]+\.[^@\s<>\",;]+$")
+# Plain ASCII addresses only: no quoted parts, no encoded words ("=?"), no ":".
+_ADDRESS = re.compile(
+    r"^(?!.*=\?)[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$"
+)
 
 
 class MailError(SecurexError):
@@ -107,14 +110,14 @@ def build(
         if not valid_address(address):
             raise MailError("L'adresse e-mail n'est pas valide : le message n'a pas été envoyé.")
     msg = EmailMessage(policy=policy.SMTP)
-    msg["From"] = mail.sender
-    msg["To"] = to
-    if reply_to:
-        msg["Reply-To"] = reply_to
     try:
+        msg["From"] = mail.sender
+        msg["To"] = to
+        if reply_to:
+            msg["Reply-To"] = reply_to
         msg["Subject"] = subject
-    except ValueError:  # a line break in a header value (injection)
-        raise MailError("Objet de message invalide : le message n'a pas été envoyé.") from None
+    except ValueError:  # a line break or an encoded word in a header value (injection)
+        raise MailError("En-tête de message invalide : le message n'a pas été envoyé.") from None
     msg["Date"] = format_datetime(now or datetime.now(UTC))
     msg["Message-ID"] = make_msgid(domain=Address(addr_spec=mail.sender).domain)
     msg["Auto-Submitted"] = "auto-generated"

@@ -88,7 +88,7 @@ def world(demo_pki, runtime, app, make, clock, factory, vault):
     _, notary = make.client("notaire", (MDM,))
     _, other_notary = make.client("notaire", (MDM,))
     _, admin = make.client("administration", (MDM,))
-    return {"act": act_id, "notary": notary, "other": other_notary, "admin": admin}
+    return {"act": act_id, "notary": notary, "other": other_notary, "admin": admin, "vault": vault}
 
 
 def auto_issue(factory, on: bool = True) -> None:
@@ -296,10 +296,17 @@ def test_verifications_confirm_or_correct_and_are_signed(world, client, demo_pki
     }
     ok = client.post("/api/v1/verifications", json=body, headers=bearer(world["notary"]))
     assert ok.status_code == 201 and ok.json["result"] == "match", ok.json
-    wrong = {**body, "person": {**body["person"], "date": "1990-03-12"}}
+    wrong = {**body, "person": {**body["person"], "lieu": "Dax", "sexe": "M"}}
     fixed = client.post("/api/v1/verifications", json=wrong, headers=bearer(world["notary"]))
     assert fixed.json["result"] == "mismatch"
-    assert fixed.json["differences"] == {"person.date": "1990-03-02"}
+    assert fixed.json["differences"] == {
+        "person.lieu": "Mont-de-Marsan (Landes)",
+        "person.sexe": "F",
+    }
+    # A guessed name with a wrong date reveals nothing, not even that the act exists.
+    guessed = {**body, "person": {**body["person"], "date": "1990-03-12"}}
+    loose = client.post("/api/v1/verifications", json=guessed, headers=bearer(world["notary"]))
+    assert loose.json["result"] == "not_found" and loose.json["differences"] == {}
     nobody = {**body, "person": {**body["person"], "nom": "Personne"}}
     assert (
         client.post("/api/v1/verifications", json=nobody, headers=bearer(world["notary"])).json[
@@ -400,7 +407,7 @@ def test_requests_are_purged_after_one_year(world, client, factory, clock, vault
         json={
             "commune": MDM,
             "act_kind": "naissance",
-            "person": {"nom": "Dupont-Martin", "prenoms": "Léa Marie"},
+            "person": {"nom": "Dupont-Martin", "prenoms": "Léa Marie", "date": "1990-03-02"},
             "person_informed": True,
         },
         headers=bearer(world["notary"]),
@@ -494,3 +501,87 @@ def test_an_agent_cannot_answer_with_the_wrong_act_or_twice(
         comedec.refuse(db, by, MDM, request_id, reason="finalement non", now=clock())
     with transaction(factory) as db, pytest.raises(Conflict):
         comedec.prepare_delivery(db, by, MDM, request_id, world["act"], now=clock(), vault=vault)
+
+
+def test_a_refusal_that_appears_once_the_act_is_known_is_final(world, client, make, factory, clock):
+    """A reconnaissance drawn up in 1960 for a child born in 1945: the declared date
+    looks public (L213-2), the act is not; a third party is refused at once."""
+    _, counter = make.client("guichet", (MDM,))
+    with transaction(factory) as db:
+        registry.import_act(
+            db,
+            Actor("test"),
+            insee=MDM,
+            kind="reconnaissance",
+            year=1960,
+            number=3,
+            drawn_at=datetime(1960, 6, 1, tzinfo=UTC),
+            officer_name="X",
+            content={
+                "auteur": {"nom": "Lafon", "prenoms": "Henri"},
+                "enfant": {"nom": "Lafon", "prenoms": "Jeanne", "sexe": "F"},
+                "naissance_enfant": {"date": "1945-02-01", "lieu": "Mont-de-Marsan"},
+            },
+            now=clock(),
+            vault=world["vault"],
+        )
+    body = request_body(
+        act_kind="reconnaissance",
+        capacity="tiers",
+        person={
+            "nom": "Lafon",
+            "prenoms": "Jeanne",
+            "date": "1945-02-01",
+            "lieu": "Mont-de-Marsan",
+        },
+        parents=[],
+    )
+    answer = submit(client, counter, body).json
+    assert answer["status"] == "refused" and "art. 30" in answer["legal_basis"]
+
+
+def test_an_agent_cannot_grant_a_right_that_needs_a_proof_without_one(
+    world, client, make, factory, clock, vault
+):
+    _, counter = make.client("guichet", (MDM,))
+    agent = make.user("agent", MDM, totp=False)
+    by = Actor("user", str(agent.id), MDM)
+    # An ascendant declares a false old date: nothing matches, the request is queued.
+    body = request_body(
+        capacity="ascendant",
+        person={**request_body()["person"], "date": "1940-03-02"},
+    )
+    request_id = submit(client, counter, body).json["id"]
+    with transaction(factory) as db, pytest.raises(Conflict, match="justificatif"):
+        comedec.prepare_delivery(db, by, MDM, request_id, world["act"], now=clock(), vault=vault)
+    with factory() as db:
+        assert db.get(ActRequest, request_id).delivery_id is None
+
+
+def test_an_automatic_issue_that_fails_unexpectedly_goes_to_an_agent(
+    world, client, factory, runtime, monkeypatch
+):
+    from securex.comedec import jobs as comedec_jobs
+
+    def broken(*args, **kwargs):
+        raise OSError("timestamp server unreachable")
+
+    monkeypatch.setattr(comedec_jobs, "seal_signing", broken)
+    auto_issue(factory)
+    request_id = submit(client, world["notary"]).json["id"]
+    run_pending(runtime)
+    answer = client.get(f"/api/v1/act-requests/{request_id}", headers=bearer(world["notary"])).json
+    assert answer["status"] == "queued" and "un agent prend le relais" in answer["reason"]
+    assert "unreachable" not in answer["reason"]
+
+
+def test_malformed_values_are_refused_not_crashed(world, client):
+    far = request_body(person={**request_body()["person"], "date": "9990-01-01"})
+    assert submit(client, world["notary"], far).status_code == 422
+    deep = client.post(
+        "/api/v1/act-requests",
+        data="[" * 50000,
+        headers={**bearer(world["notary"]), "Content-Type": "application/json"},
+    )
+    assert deep.status_code == 400 and deep.mimetype == "application/problem+json"
+    assert client.get("/demande-acte/suivi/%C2%B2-x").status_code == 404

@@ -11,9 +11,11 @@ from typing import Any, Literal
 from flask import Response, request, url_for
 from pydantic import BaseModel, Field
 
+from securex.accounts.service import throttle
 from securex.comedec import service, webhooks, xml
 from securex.comedec.models import RequestStatus
 from securex.comedec.schema import ActRequestIn, VerificationIn
+from securex.errors import RateLimited
 from securex.web.api import (
     ApiBlueprint,
     current_client,
@@ -291,7 +293,20 @@ def verify(body: VerificationIn) -> Any:
     officiers), la personne informée (art. 40) : la réponse confirme (`match`) ou
     corrige (`mismatch`, dans la limite des champs envoyés, art. 41) les données, ou
     dit `not_found` ; l'acte lui-même n'est pas transmis."""
-    rt = state().runtime()
+    st, client = state(), current_client()
+    wait = throttle(
+        db(),
+        st.keys,
+        "verify-client",
+        f"client:{client.id}",
+        limit=int(st.settings["comedec.verifications_per_hour"]),
+        window_seconds=3600,
+        now=now(),
+    )
+    if wait:
+        db().commit()
+        raise RateLimited(f"Trop de vérifications : réessayez dans {wait // 60 + 1} min.")
+    rt = st.runtime()
 
     def seal(tenant: Any, data: bytes) -> str:
         from securex.comedec.sealing import sign_detached

@@ -4,15 +4,17 @@ webhooks to requesters, and the one-year purge."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 
 from securex.accounts.models import Tenant
 from securex.comedec import service, webhooks
 from securex.db import transaction
-from securex.errors import SecurexError
 from securex.jobs.models import Job
 from securex.jobs.service import Runtime, handler, periodic
 from securex.registry.batch import seal_signing
+
+log = logging.getLogger(__name__)
 
 
 @handler(service.ISSUE_JOB)
@@ -31,9 +33,10 @@ def issue(rt: Runtime, job_id: int) -> None:
             service.issue_automatically(
                 db, request_id, signing_for=signing_for, now=now, vault=rt.vault
             )
-    except SecurexError as exc:
+    except Exception as exc:
+        log.warning("automatic issue of request %s failed: %s", request_id, type(exc).__name__)
         with transaction(rt.sessions) as db:
-            service.fall_back_to_queue(db, request_id, exc.detail, now=now)
+            service.fall_back_to_queue(db, request_id, now=now)
 
 
 @periodic("comedec.purge", timedelta(hours=1))

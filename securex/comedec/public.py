@@ -116,7 +116,7 @@ _WORDS = {_fold(word): n for n, word in enumerate(NUMBERS)}
 def _number(answer: str) -> int | None:
     """The answer, typed in digits ("12") or in words ("douze")."""
     text = answer.strip()
-    if text.isdigit() and len(text) <= 3:
+    if text.isascii() and text.isdigit() and len(text) <= 3:
         return int(text)
     return _WORDS.get(_fold(text))
 
@@ -150,7 +150,7 @@ def challenge_error(token: str, answer: str, scope: str, ttl_seconds: int) -> st
     answer is checked, in the rate-limit table (under a keyed hash)."""
     retry = "Répondez à la nouvelle question ci-dessous."
     parts = token.split(".")
-    if len(parts) != 4 or not parts[0].isdigit() or len(parts[0]) > 12:
+    if len(parts) != 4 or not parts[0].isascii() or not parts[0].isdigit() or len(parts[0]) > 12:
         return f"La question anti-robots manque ou est invalide. {retry}"
     issued, nonce, tag, expected = int(parts[0]), parts[1], parts[2], parts[3]
     key = _challenge_key()

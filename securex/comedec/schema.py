@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from securex.comedec.rules import Capacity
 
@@ -20,6 +20,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
+def _plausible(day: dt.date | None) -> dt.date | None:
+    """Acts of the French état civil begin in 1792; nothing is dated after 2200."""
+    if day is not None and not 1792 <= day.year <= 2200:
+        raise ValueError("date hors des registres (1792 à aujourd'hui)")
+    return day
+
+
+Day = Annotated[dt.date, AfterValidator(_plausible)]
+
+
 class PersonIn(_Strict):
     """The person the act is about. `date` and `lieu` are the date and place of the
     event for a naissance (birth) or a décès (death); for a mariage or a
@@ -28,7 +38,7 @@ class PersonIn(_Strict):
     nom: Name
     prenoms: Name
     sexe: Literal["M", "F"] | None = None
-    date: dt.date | None = None
+    date: Day | None = None
     lieu: Name | None = None
 
 
@@ -40,7 +50,7 @@ class NameIn(_Strict):
 class EventIn(_Strict):
     """The marriage's date and place."""
 
-    date: dt.date
+    date: Day
     lieu: Name
 
 

@@ -12,6 +12,7 @@ commune's seal), else queue. Every step is audited without personal data.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import io
@@ -24,6 +25,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from securex.accounts.models import ApiClient, Tenant
@@ -361,31 +363,41 @@ def submit(
         if previous is not None:  # the same key filed meanwhile by a concurrent retry
             return _view(db, previous, body.reference), False
     data = {**body.model_dump(mode="json"), **(extra or {})}
-    with column_keys(db, vault.keyring, tenant.insee):
-        req = ActRequest(
-            tenant_id=tenant.id,
-            client_id=client.id if client else None,
-            channel=channel,
-            idempotency_key=idempotency_key if client else None,
-            body_hash=digest,
-            act_kind=act_kind.value,
-            delivery=delivery.value,
-            capacity=capacity.value,
-            data=json.dumps(data, ensure_ascii=False),
-            status=status.value,
-            outcome=decision.outcome.value,
-            legal_basis=basis,
-            reason=reason[:400],
-            candidates=len(found),
-            act_id=found[0].id if len(found) == 1 else None,
-            proof_id=proof_id,
-            created_at=now,
-            updated_at=now,
-            due_on=registry.paris_date(now) + timedelta(days=prefs.due_days),
-            purge_after=now + KEEP,
+    try:
+        req = _insert_request(
+            db,
+            vault,
+            tenant,
+            ActRequest(
+                tenant_id=tenant.id,
+                client_id=client.id if client else None,
+                channel=channel,
+                idempotency_key=idempotency_key if client else None,
+                body_hash=digest,
+                act_kind=act_kind.value,
+                delivery=delivery.value,
+                capacity=capacity.value,
+                data=json.dumps(data, ensure_ascii=False),
+                status=status.value,
+                outcome=decision.outcome.value,
+                legal_basis=basis,
+                reason=reason[:400],
+                candidates=len(found),
+                act_id=found[0].id if len(found) == 1 else None,
+                proof_id=proof_id,
+                created_at=now,
+                updated_at=now,
+                due_on=registry.paris_date(now) + timedelta(days=prefs.due_days),
+                purge_after=now + KEEP,
+            ),
         )
-        db.add(req)
-        db.flush()
+    except IntegrityError:
+        # A concurrent retry with the same key committed first (PostgreSQL's read
+        # committed lets both pass the check above): answer as its replay.
+        previous = _existing(db, ActRequest, client, idempotency_key, digest)
+        if previous is None:
+            raise
+        return _view(db, previous, body.reference), False
     record(
         db,
         EventType.REQUEST_RECEIVED,
@@ -409,6 +421,15 @@ def submit(
     return _view(db, req, body.reference), True
 
 
+def _insert_request(db: Session, vault: Vault, tenant: Tenant, req: ActRequest) -> ActRequest:
+    """Insert in a savepoint, so that a duplicate idempotency key leaves the session
+    usable for the replay."""
+    with db.begin_nested(), column_keys(db, vault.keyring, tenant.insee):
+        db.add(req)
+        db.flush()
+    return req
+
+
 def _year(day: date | None) -> int | None:
     return day.year if day else None
 
@@ -419,6 +440,9 @@ def _route(
     prefs: CommuneSettings,
     reason: str,
 ) -> tuple[RequestStatus, str]:
+    if decision.outcome is rules.Outcome.REFUSED:
+        # Refused once the act is known (its own year): final at once, like any refusal.
+        return RequestStatus.REFUSED, reason
     if not found:
         if prefs.not_found_at_once:
             return RequestStatus.NOT_FOUND, "Aucun acte ne correspond aux données de la demande."
@@ -666,7 +690,7 @@ def issue_automatically(
     )
 
 
-def fall_back_to_queue(db: Session, request_id: int, reason: str, *, now: datetime) -> None:
+def fall_back_to_queue(db: Session, request_id: int, *, now: datetime) -> None:
     req = db.get(ActRequest, request_id)
     if req is not None and req.status == RequestStatus.RECEIVED:
         _set_status(
@@ -675,7 +699,7 @@ def fall_back_to_queue(db: Session, request_id: int, reason: str, *, now: dateti
             RequestStatus.QUEUED,
             actor=Actor("system"),
             now=now,
-            reason=f"Délivrance automatique impossible ({reason}) : un agent prend le relais.",
+            reason="Délivrance automatique impossible : un agent prend le relais.",
         )
 
 
@@ -819,6 +843,15 @@ def prepare_delivery(
     )
     if decision.outcome is rules.Outcome.REFUSED:
         raise Conflict(f"Délivrance impossible : {decision.reason} ({decision.legal_basis}).")
+    if decision.outcome is rules.Outcome.REVIEW and not (
+        req.proof_id or payload.get("justification")
+    ):
+        raise Conflict(
+            "La loi ouvre ce droit sur justificatif et la demande n'en comporte aucun : "
+            "demandez-le au demandeur ou refusez la demande."
+        )
+    req.outcome, req.legal_basis = decision.outcome.value, decision.legal_basis
+    req.reason = decision.reason[:400]
     client = db.get(ApiClient, req.client_id) if req.client_id else None
     requester = f"{client.name} ({req.capacity})" if client else f"Particulier ({req.capacity})"
     delivery_id = registry.request_delivery(
@@ -943,11 +976,15 @@ def verify(
     if previous is not None:
         return _verification_view(db, vault, previous, tenant), False
     actor = client_actor(client)
+    if body.person.date is None:
+        raise ValidationFailed(
+            "Une vérification indique au moins le nom, les prénoms et la date de l'événement.",
+            errors=[{"field": "person.date", "message": "obligatoire pour une vérification"}],
+        )
+    # Only a strict key (nom, prénoms and date) identifies the person: a looser search
+    # would hand a verifier the data of whoever bears a guessed name (Code civil 101-1:
+    # a verification confirms or corrects, it does not deliver the act).
     found = _candidates(db, actor, tenant.insee, body, now=now, vault=vault)
-    if not found and body.person.date:
-        # The date may be what is wrong: look by nom and prénoms alone.
-        loose = body.model_copy(update={"person": body.person.model_copy(update={"date": None})})
-        found = _candidates(db, actor, tenant.insee, loose, now=now, vault=vault)
     if len(found) == 1:
         diff = differences(found[0], body)
         result = "mismatch" if diff else "match"
@@ -1020,7 +1057,9 @@ def purge(db: Session, *, now: datetime, vault: Vault) -> int:
         tenant = db.get(Tenant, req.tenant_id)
         assert tenant is not None
         if req.proof_id:
-            vault.shred(db, tenant.insee, req.proof_id, now=now, actor="system")
+            # Already shredded when a restored backup replayed its shreds: nothing to do.
+            with contextlib.suppress(NotFound):
+                vault.shred(db, tenant.insee, req.proof_id, now=now, actor="system")
         db.delete(req)
         count += 1
     for ver in db.scalars(select(Verification).where(Verification.purge_after <= now)):
@@ -1093,11 +1132,13 @@ def needs_proof(
 ) -> bool:
     """Whether the person must attach a proof: exactly when the rules open the right
     only on a justification (the link, the mandate, the archives' authorisation)."""
+    # The declared date is not trusted here: a false old date must not spare the
+    # proof by making the act look public (L213-2); the act's own year counts later.
     decision = rules.decide(
         act_kind,
         delivery,
         capacity,
-        act_year=_year(declared),
+        act_year=None,
         today=today,
         justified=False,
         legal_reference=False,
@@ -1147,7 +1188,7 @@ def _by_link(
     another channel's request, a purged request) answers the same NotFound."""
     gone = NotFound("Ce lien de suivi n'est pas valide, ou la demande n'est plus conservée.")
     ident, _, _mac = token.partition("-")
-    if not ident.isdigit() or len(ident) > 10:
+    if not ident.isascii() or not ident.isdigit() or len(ident) > 10:
         raise gone
     request_id = int(ident)
     if request_id > 2**31 - 1 or not hmac.compare_digest(
@@ -1326,7 +1367,7 @@ def public_document(
             errors=[{"field": "code", "message": "code expiré ou non demandé"}],
         )
     given = "".join(code.split())
-    if not (given.isdigit() and len(given) == 6) or not hmac.compare_digest(
+    if not (given.isascii() and given.isdigit() and len(given) == 6) or not hmac.compare_digest(
         _code_mac(db, vault, req, given, now), state["code"]
     ):
         tries = int(state.get("tries", 0)) + 1

@@ -1125,7 +1125,7 @@ MAX_ID = 2**31 - 1  # id columns are 32-bit integers on PostgreSQL
 def parse_ref(ref: str, kinds: tuple[str, ...] = ITEM_KINDS) -> tuple[str, int]:
     """ "act:12" -> ("act", 12); an id no row can have is simply not found."""
     kind, _, ident = ref.partition(":")
-    if kind not in kinds or not ident.isdigit() or len(ident) > 40:
+    if kind not in kinds or not ident.isascii() or not ident.isdigit() or len(ident) > 40:
         raise ValidationFailed("Élément inconnu : attendu act:N, mention:N, delivery:N ou avis:N.")
     if int(ident) > MAX_ID:
         raise NotFound("Élément introuvable.")

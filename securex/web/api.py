@@ -230,6 +230,8 @@ def _parse_body(model: type[BaseModel]) -> BaseModel:
         json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SecurexError(f"JSON mal formé : {exc}.") from None
+    except RecursionError:
+        raise SecurexError("JSON mal formé : imbrication trop profonde.") from None
     try:
         # JSON mode: strict models accept "2026-11-30" for a date, never "1" for a number.
         return model.model_validate_json(raw)
