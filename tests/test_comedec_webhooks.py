@@ -465,3 +465,26 @@ def test_production_refuses_to_call_loopback_or_private_addresses(
             )
         )
     assert failed and "NonPublicAddress" in failed[0]
+
+
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("93.184.216.34", True),
+        ("2001:4860:4860::8888", True),
+        ("127.0.0.1", False),
+        ("10.1.2.3", False),
+        ("169.254.169.254", False),
+        ("::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("64:ff9b::7f00:1", False),
+        ("::127.0.0.1", False),
+        ("2002:7f00:1::1", False),
+        ("fec0::1", False),
+        ("fd00::1", False),
+    ],
+)
+def test_only_public_addresses_count_as_public(address, public):
+    import ipaddress
+
+    assert webhooks._global(ipaddress.ip_address(address)) is public

@@ -199,11 +199,12 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 def _opener() -> urllib.request.OpenerDirector:
-    # HTTP and HTTPS only (no file:, ftp:, data:), whatever the stored URL says; proxies
-    # from the environment (HTTPS_PROXY, NO_PROXY), as for any outbound call.
+    # HTTP and HTTPS only (no file:, ftp:, data:), whatever the stored URL says; no
+    # proxy from the environment: a proxy would resolve the name itself, after the
+    # address check below.
     opener = urllib.request.OpenerDirector()
     for h in (
-        urllib.request.ProxyHandler(),
+        urllib.request.ProxyHandler({}),
         urllib.request.UnknownHandler(),
         urllib.request.HTTPHandler(),
         urllib.request.HTTPSHandler(),
@@ -225,10 +226,28 @@ def _public(url: str) -> bool:
     except OSError:
         return False
     for info in infos:
-        address = ipaddress.ip_address(info[4][0])
-        if not address.is_global:
+        if not _global(ipaddress.ip_address(info[4][0])):
             return False
     return bool(infos)
+
+
+# IPv6 ranges that carry (or may reach) an IPv4 address, which `is_global` lets pass
+# on some Python versions: NAT64, IPv4-compatible, site-local.
+_EMBEDDING = [ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96", "fec0::/10")]
+
+
+def _global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(address, ipaddress.IPv6Address):
+        inner = (
+            address.ipv4_mapped
+            or address.sixtofour
+            or (address.teredo[1] if address.teredo else None)
+        )
+        if inner is not None:
+            return _global(inner)
+        if any(address in net for net in _EMBEDDING):
+            return False
+    return address.is_global
 
 
 def _post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> int:
