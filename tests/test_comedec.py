@@ -6,6 +6,7 @@ receipts, verifications with signed answers, and the one-year purge."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import subprocess
 import threading
@@ -20,6 +21,7 @@ from securex.accounts.models import Tenant
 from securex.accounts.service import Actor
 from securex.comedec import service as comedec
 from securex.comedec.models import ActRequest, CommuneSettings, Verification
+from securex.comedec.schema import ActRequestIn
 from securex.db import transaction
 from securex.errors import Conflict, ValidationFailed
 from securex.jobs.service import run_pending
@@ -186,6 +188,11 @@ def test_idempotent_retries_return_the_same_request(world, client, factory):
     assert submit(client, world["other"], key="abc-1").json["id"] != first.json["id"]
     with factory() as db:
         assert db.scalar(select(func.count()).select_from(ActRequest)) == 2
+        stored = set(db.scalars(select(ActRequest.body_hash)))
+    # The body's digest is keyed: a plain hash of names and dates could be confirmed.
+    body = ActRequestIn.model_validate_json(json.dumps(request_body()))
+    plain = hashlib.sha256(body.model_dump_json().encode())
+    assert plain.hexdigest() not in stored and all(len(h) == 64 for h in stored)
 
 
 def test_a_client_sees_only_its_own_requests(world, client):

@@ -51,7 +51,6 @@ class EventType(StrEnum):
     ACT_SEARCHED = "registry:act:searched"
     SCAN_ATTACHED = "registry:scan:attached"
     MENTION_DRAFTED = "registry:mention:drafted"
-    MENTION_SUBMITTED = "registry:mention:submitted"
     MENTION_SIGNED = "registry:mention:signed"
     AVIS_SENT = "registry:avis:sent"
     AVIS_LISTED = "registry:avis:listed"

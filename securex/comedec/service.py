@@ -56,7 +56,8 @@ from securex.registry.schema import (
     subjects,
 )
 from securex.vault import Vault
-from securex.vault.columns import column_keys, normalise
+from securex.vault.columns import BlindIndexer, column_keys, normalise
+from securex.vault.errors import KeyUnavailable
 
 PARIS = ZoneInfo("Europe/Paris")
 KEEP = timedelta(days=365)  # requests are kept one year (décret 2017-890 art. 29)
@@ -101,8 +102,15 @@ def settings_of(db: Session, tenant: Tenant) -> CommuneSettings:
     )
 
 
-def body_hash(body: ActRequestIn | VerificationIn) -> str:
-    return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+def body_hash(db: Session, vault: Vault, body: ActRequestIn | VerificationIn) -> str:
+    """A keyed digest of the body (HMAC under the commune's index key): a plain hash of
+    names and dates could be confirmed by guessing. "" for an unknown commune, whose
+    request is refused before anything is stored."""
+    try:
+        indexer = BlindIndexer(db, vault.keyring, body.commune)
+    except KeyUnavailable:
+        return ""
+    return indexer.mac("request-body", body.model_dump_json().encode())
 
 
 # --- validation (art. 29) -------------------------------------------------------------
@@ -307,7 +315,7 @@ def submit(
     is called before the writes, so that a caller who began with a read-only
     transaction (`securex.db.reading`) holds SQLite's write lock only for the insert,
     its audit event and its job — about a millisecond instead of the whole request."""
-    digest = body_hash(body)
+    digest = body_hash(db, vault, body)
     previous = _existing(db, ActRequest, client, idempotency_key, digest)
     if previous is not None:
         return _view(db, previous, body.reference), False
@@ -970,7 +978,7 @@ def verify(
             "Une administration cite le texte qui l'autorise à vérifier (legal_reference).",
             errors=[{"field": "legal_reference", "message": "obligatoire pour une administration"}],
         )
-    digest = body_hash(body)
+    digest = body_hash(db, vault, body)
     previous = _existing(db, Verification, client, idempotency_key, digest)
     tenant = _tenant_in_scope(db, client, body.commune)
     if previous is not None:

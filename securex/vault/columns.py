@@ -151,6 +151,12 @@ class BlindIndexer:
             ).derive(self._root)
         return self._keys[name]
 
+    def mac(self, name: str, data: bytes) -> str:
+        """A keyed digest of `data` as given (no folding): to recognise a value seen
+        before (an idempotent retry) without storing a hash anyone could confirm a
+        guess against."""
+        return hmac.new(self._key(name), data, hashlib.sha256).hexdigest()
+
     def index(self, name: str, *parts: str) -> str:
         """The index of one or several values (e.g. nom, prénoms, date) for `name`."""
         message = "\x1f".join(normalise(p) for p in parts).encode()
