@@ -592,3 +592,37 @@ def test_malformed_values_are_refused_not_crashed(world, client):
     )
     assert deep.status_code == 400 and deep.mimetype == "application/problem+json"
     assert client.get("/demande-acte/suivi/%C2%B2-x").status_code == 404
+
+
+def test_the_purge_also_forgets_the_purpose_kept_with_the_copy(
+    world, client, factory, runtime, clock, vault
+):
+    from securex.registry.models import Delivery
+    from securex.vault.columns import column_keys
+
+    auto_issue(factory)
+    request_id = submit(client, world["notary"]).json["id"]
+    run_pending(runtime)
+    with factory() as db:
+        delivery_id = db.get(ActRequest, request_id).delivery_id
+    with transaction(factory) as db:
+        assert comedec.purge(db, now=clock() + timedelta(days=366), vault=vault) == 1
+    with factory() as db, column_keys(db, vault.keyring, MDM):
+        delivery = db.get(Delivery, delivery_id)
+        assert delivery.purpose == comedec.PURGED_PURPOSE and delivery.status == "signed"
+
+
+def test_an_ipv6_subscriber_has_one_budget_for_its_whole_64(factory, keys, clock):
+    from securex.accounts.service import throttle
+
+    with transaction(factory) as db:
+        waits = [
+            throttle(
+                db, keys, "test", f"2001:db8:1:2::{n}", limit=3, window_seconds=60, now=clock()
+            )
+            for n in range(1, 5)
+        ]
+        other = throttle(
+            db, keys, "test", "2001:db8:1:3::1", limit=3, window_seconds=60, now=clock()
+        )
+    assert waits[:3] == [0, 0, 0] and waits[3] > 0 and other == 0

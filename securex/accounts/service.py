@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import ipaddress
 import re
 import secrets
 import unicodedata
@@ -488,6 +489,16 @@ def _register_failure(
     return LoginOutcome(LoginStatus.BAD_CREDENTIALS, user)
 
 
+def _subscriber(address: str) -> str:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else ip)
+
+
 def throttle(
     db: Session,
     keys: AccountKeys,
@@ -502,8 +513,10 @@ def throttle(
     """Count one request of `address` in `scope` ("login", "verify", …); returns 0 when
     allowed, else the seconds to wait. The key is a keyed pseudonym of the address; the
     first refusal of a window is audited, not every one (a flood must not flood the
-    log too). The caller commits whatever the outcome."""
-    key = f"{scope}:" + keys.pseudonym(address)
+    log too). The caller commits whatever the outcome. An IPv6 address counts by its
+    /64, the block one subscriber usually holds (else each of its addresses would get
+    its own budget)."""
+    key = f"{scope}:" + keys.pseudonym(_subscriber(address))
     wait = _hit_rate_limit(db, key, limit=limit, window_seconds=window_seconds, now=now)
     if wait:
         row = db.get(RateLimit, key)

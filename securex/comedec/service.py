@@ -61,6 +61,7 @@ from securex.vault.errors import KeyUnavailable
 
 PARIS = ZoneInfo("Europe/Paris")
 KEEP = timedelta(days=365)  # requests are kept one year (décret 2017-890 art. 29)
+PURGED_PURPOSE = "Motif effacé avec la demande, après un an (décret 2017-890 art. 29)"
 ART_29 = "Décret n° 2017-890 du 6 mai 2017, art. 29"
 ISSUE_JOB = "comedec.issue"
 WEBHOOK_JOB = "comedec.webhook"
@@ -1068,6 +1069,13 @@ def purge(db: Session, *, now: datetime, vault: Vault) -> int:
             # Already shredded when a restored backup replayed its shreds: nothing to do.
             with contextlib.suppress(NotFound):
                 vault.shred(db, tenant.insee, req.proof_id, now=now, actor="system")
+        if req.delivery_id:
+            # The copy stays with the registry; the requester's purpose does not.
+            delivery = db.get(Delivery, req.delivery_id)
+            if delivery is not None:
+                with column_keys(db, vault.keyring, tenant.insee):
+                    delivery.purpose = PURGED_PURPOSE
+                    db.flush()
         db.delete(req)
         count += 1
     for ver in db.scalars(select(Verification).where(Verification.purge_after <= now)):
