@@ -38,6 +38,22 @@ class ValidationFailed(SecurexError):
     def __init__(self, detail: str, errors: list[dict[str, Any]] | None = None) -> None:
         super().__init__(detail, errors=errors or [])
 
+    @classmethod
+    def from_pydantic(cls, detail: str, exc: Any) -> ValidationFailed:
+        """One entry per field of a pydantic ValidationError (never the input value:
+        it may be personal data)."""
+        return cls(
+            detail,
+            errors=[
+                {
+                    "field": ".".join(str(p) for p in err["loc"]),
+                    "message": err["msg"],
+                    "type": err["type"],
+                }
+                for err in exc.errors(include_url=False, include_input=False)
+            ],
+        )
+
 
 class NotFound(SecurexError):
     status = 404

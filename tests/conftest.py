@@ -346,3 +346,28 @@ def runtime(demo_pki: Any, settings: Settings, factory: Any, vault: Vault, clock
         clock=clock,
         environ={},
     )
+
+
+def pdfsig_against_demo_pki(settings: Settings, pki: Any, pdf: Path, workdir: Path) -> str:
+    """What poppler's pdfsig says of `pdf`, trusting the demo PKI's root, while the app
+    serves the PKI's OCSP responder and CRL where its certificates name them (on the
+    real clock: NSS refuses revocation answers dated in its future)."""
+    import threading
+
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from werkzeug.serving import make_server
+
+    from tests.pdfs import nss_trusting, pdfsig
+
+    nss = nss_trusting(workdir / "nss", pki.root_cert.public_bytes(Encoding.PEM))
+    served = create_app({"TESTING": True}, settings=settings)
+    server = make_server("127.0.0.1", PKI_PORT, served, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        return pdfsig(nss, pdf)
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+        served.extensions["securex"].engine.dispose()

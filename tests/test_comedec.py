@@ -9,7 +9,6 @@ import base64
 import hashlib
 import json
 import subprocess
-import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,8 +25,7 @@ from securex.db import transaction
 from securex.errors import Conflict, ValidationFailed
 from securex.jobs.service import run_pending
 from securex.registry import service as registry
-from tests.conftest import PKI_PORT
-from tests.pdfs import nss_trusting, pdfsig
+from tests.conftest import pdfsig_against_demo_pki
 
 MDM = "40192"
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,11 +106,6 @@ def submit(client, token, body=None, key=None):
 def test_a_clean_request_is_issued_automatically_and_pdfsig_validates_it(
     world, client, factory, runtime, demo_pki, settings, tmp_path
 ):
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from werkzeug.serving import make_server
-
-    from securex.app import create_app
-
     auto_issue(factory)
     response = submit(client, world["notary"])
     assert response.status_code == 201, response.json
@@ -136,18 +129,7 @@ def test_a_clean_request_is_issued_automatically_and_pdfsig_validates_it(
     text = subprocess.run(["pdftotext", str(path), "-"], capture_output=True, text=True).stdout
     assert "Cachet de la commune" in text and "Dupont-Martin" in text
 
-    nss = nss_trusting(tmp_path / "nss", demo_pki.root_cert.public_bytes(Encoding.PEM))
-    served = create_app({"TESTING": True}, settings=settings)
-    server = make_server("127.0.0.1", PKI_PORT, served, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        out = pdfsig(nss, path)
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-        served.extensions["securex"].engine.dispose()
+    out = pdfsig_against_demo_pki(settings, demo_pki, path, tmp_path)
     assert "Signature Validation: Signature is Valid." in out, out
     assert "Certificate Validation: Certificate is Trusted." in out, out
     assert "Mairie de Mont-de-Marsan — cachet" in out or "cachet" in out

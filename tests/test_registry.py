@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 from datetime import timedelta
 from typing import Any
 
@@ -24,8 +23,7 @@ from securex.jobs.service import run_pending
 from securex.registry import service
 from securex.registry.batch import officer_signing, start_batch
 from securex.registry.models import Act, ActIndex, Avis, AvisStatus, Delivery, Mention
-from tests.conftest import PKI_PORT
-from tests.pdfs import nss_trusting, pdfsig
+from tests.conftest import pdfsig_against_demo_pki
 
 MDM, DAX = "40192", "40088"
 
@@ -532,28 +530,10 @@ def test_an_issued_extrait_is_pdfa_signed_b_lta_and_checkable_by_code(reg, tmp_p
 
 
 def test_pdfsig_validates_an_issued_copy(reg, tmp_path, demo_pki, settings):
-    from cryptography.hazmat.primitives.serialization import Encoding
-    from werkzeug.serving import make_server
-
-    from securex.app import create_app
-
     _, data, _ = _issue(reg, "copie_integrale")
     pdf = tmp_path / "copie.pdf"
     pdf.write_bytes(data)
-    nss = nss_trusting(tmp_path / "nss", demo_pki.root_cert.public_bytes(Encoding.PEM))
-    # pdfsig asks the OCSP responder and CRL the certificates name: serve them, on the
-    # real clock (NSS refuses revocation answers dated in its future).
-    app = create_app({"TESTING": True}, settings=settings)
-    server = make_server("127.0.0.1", PKI_PORT, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        out = pdfsig(nss, pdf)
-    finally:
-        server.shutdown()
-        thread.join()
-        server.server_close()
-        app.extensions["securex"].engine.dispose()
+    out = pdfsig_against_demo_pki(settings, demo_pki, pdf, tmp_path)
     assert "Signature Validation: Signature is Valid." in out, out
     assert "Certificate Validation: Certificate is Trusted." in out, out
     assert "Signature Type: ETSI.CAdES.detached" in out, out

@@ -322,48 +322,38 @@ def submit(
         return _view(db, previous, body.reference), False
     category = client.category if client else "guichet"
     capacity = rules.Capacity(body.capacity)
-    if capacity not in rules.CLIENT_CAPACITIES.get(category, frozenset()):
-        raise ValidationFailed(
+    act_kind, delivery = _check_request(
+        body,
+        category,
+        (
             f"Un client « {category} » ne peut pas demander en qualité de « {capacity.value} ».",
-            errors=[{"field": "capacity", "message": "qualité hors de la catégorie du client"}],
-        )
-    act_kind, delivery = ActKind(body.act_kind), DeliveryKind(body.delivery)
-    if not rules.deliverable(act_kind, delivery):
-        raise ValidationFailed(
-            f"Un {act_kind.label.lower()} ne se délivre pas en « {delivery.label} ».",
-            errors=[{"field": "delivery", "message": "délivrance impossible pour ce type d'acte"}],
-        )
-    errors = _missing(body, required_fields(act_kind, delivery))
-    if errors:
-        raise ValidationFailed("La demande n'indique pas tout ce que la loi exige.", errors=errors)
+            "qualité hors de la catégorie du client",
+        ),
+    )
     tenant = _tenant_in_scope(db, client, body.commune)
     prefs = settings_of(db, tenant)
     actor = client_actor(client) if client else Actor("public", "sve")
     declared = body.event.date if body.event and act_kind is ActKind.MARIAGE else body.person.date
-    decision = rules.decide(
-        act_kind,
-        delivery,
-        capacity,
-        act_year=_year(declared),
-        today=registry.paris_date(now),
-        justified=bool(body.justification) or proof_id is not None,
-        legal_reference=bool(body.legal_reference),
-    )
+
+    def decide(act_year: int | None) -> rules.Decision:
+        return rules.decide(
+            act_kind,
+            delivery,
+            capacity,
+            act_year=act_year,
+            today=registry.paris_date(now),
+            justified=bool(body.justification) or proof_id is not None,
+            legal_reference=bool(body.legal_reference),
+        )
+
+    decision = decide(_year(declared))
     status, reason, found = RequestStatus.REFUSED, decision.reason, []
     basis = decision.legal_basis
     if decision.outcome is not rules.Outcome.REFUSED:
         found = match(db, actor, tenant.insee, body, now=now, vault=vault)
         if len(found) == 1:
             # The act's own year decides (a declared date may be wrong by a day).
-            decision = rules.decide(
-                act_kind,
-                delivery,
-                capacity,
-                act_year=found[0].view.year,
-                today=registry.paris_date(now),
-                justified=bool(body.justification) or proof_id is not None,
-                legal_reference=bool(body.legal_reference),
-            )
+            decision = decide(found[0].view.year)
             basis, reason = decision.legal_basis, decision.reason
         status, reason = _route(decision, found, prefs, reason)
     if between is not None:
@@ -437,6 +427,26 @@ def _insert_request(db: Session, vault: Vault, tenant: Tenant, req: ActRequest) 
         db.add(req)
         db.flush()
     return req
+
+
+def _check_request(
+    body: ActRequestIn, category: str, capacity_refusal: tuple[str, str]
+) -> tuple[ActKind, DeliveryKind]:
+    """What any request must pass before anything is decided or stored: a capacity of
+    the requester's category, a delivery the act kind has, what art. 29 requires."""
+    act_kind, delivery = ActKind(body.act_kind), DeliveryKind(body.delivery)
+    if rules.Capacity(body.capacity) not in rules.CLIENT_CAPACITIES.get(category, frozenset()):
+        detail, message = capacity_refusal
+        raise ValidationFailed(detail, errors=[{"field": "capacity", "message": message}])
+    if not rules.deliverable(act_kind, delivery):
+        raise ValidationFailed(
+            f"Un {act_kind.label.lower()} ne se délivre pas en « {delivery.label} ».",
+            errors=[{"field": "delivery", "message": "délivrance impossible pour ce type d'acte"}],
+        )
+    errors = _missing(body, required_fields(act_kind, delivery))
+    if errors:
+        raise ValidationFailed("La demande n'indique pas tout ce que la loi exige.", errors=errors)
+    return act_kind, delivery
 
 
 def _year(day: date | None) -> int | None:
@@ -1165,20 +1175,9 @@ def needs_proof(
 def _check_public(db: Session, body: ActRequestIn) -> None:
     """What `submit` refuses, checked before the proof is stored (nothing is kept of
     a request that does not validate)."""
-    act_kind, delivery = ActKind(body.act_kind), DeliveryKind(body.delivery)
-    if rules.Capacity(body.capacity) not in rules.CLIENT_CAPACITIES["guichet"]:
-        raise ValidationFailed(
-            "Qualité non proposée au guichet en ligne.",
-            errors=[{"field": "capacity", "message": "qualité non proposée"}],
-        )
-    if not rules.deliverable(act_kind, delivery):
-        raise ValidationFailed(
-            f"Un {act_kind.label.lower()} ne se délivre pas en « {delivery.label} ».",
-            errors=[{"field": "delivery", "message": "délivrance impossible pour ce type d'acte"}],
-        )
-    errors = _missing(body, required_fields(act_kind, delivery))
-    if errors:
-        raise ValidationFailed("La demande n'indique pas tout ce que la loi exige.", errors=errors)
+    _check_request(
+        body, "guichet", ("Qualité non proposée au guichet en ligne.", "qualité non proposée")
+    )
     registry.tenant_of(db, body.commune)
 
 

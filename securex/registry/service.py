@@ -175,20 +175,9 @@ def validate_content(kind: ActKind, data: dict[str, Any]) -> Content:
     try:
         return parse_content(kind, data)
     except ValidationError as exc:
-        raise ValidationFailed(
-            "Certains champs de l'acte sont invalides.", errors=_field_errors(exc)
+        raise ValidationFailed.from_pydantic(
+            "Certains champs de l'acte sont invalides.", exc
         ) from None
-
-
-def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    return [
-        {
-            "field": ".".join(str(p) for p in err["loc"]),
-            "message": err["msg"],
-            "type": err["type"],
-        }
-        for err in exc.errors(include_url=False, include_input=False)
-    ]
 
 
 def _kind(value: str) -> ActKind:
@@ -603,8 +592,8 @@ def _facts(data: dict[str, Any]) -> MentionFacts:
     try:
         return MentionFacts.model_validate(data)
     except ValidationError as exc:
-        raise ValidationFailed(
-            "Certains champs de la mention sont invalides.", errors=_field_errors(exc)
+        raise ValidationFailed.from_pydantic(
+            "Certains champs de la mention sont invalides.", exc
         ) from None
 
 

@@ -236,15 +236,7 @@ def _parse_body(model: type[BaseModel]) -> BaseModel:
         # JSON mode: strict models accept "2026-11-30" for a date, never "1" for a number.
         return model.model_validate_json(raw)
     except ValidationError as exc:
-        errors = [
-            {
-                "field": ".".join(str(p) for p in err["loc"]),
-                "message": err["msg"],
-                "type": err["type"],
-            }
-            for err in exc.errors(include_url=False, include_input=False)
-        ]
-        raise ValidationFailed("Certains champs sont invalides.", errors=errors) from None
+        raise ValidationFailed.from_pydantic("Certains champs sont invalides.", exc) from None
 
 
 # --- OpenAPI -----------------------------------------------------------------------
