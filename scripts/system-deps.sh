@@ -10,6 +10,7 @@ qpdf:qpdf
 certutil:libnss3-tools
 openssl:openssl
 /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
+/usr/sbin/clamd:clamav-daemon
 "
 missing=""
 for entry in $NEEDED; do

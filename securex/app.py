@@ -78,6 +78,9 @@ def create_app(
     from securex.comedec.api import bp as comedec_api
     from securex.comedec.public import bp as sve_views
     from securex.comedec.views import bp as comedec_views
+    from securex.exchange import jobs as _exchange_jobs  # noqa: F401 (job handlers)
+    from securex.exchange.api import bp as exchange_api
+    from securex.exchange.views import bp as exchange_views
     from securex.registry.api import bp as registry_api
     from securex.registry.views import bp as registry_views
     from securex.web.api import meta
@@ -104,6 +107,8 @@ def create_app(
             comedec_api,
             comedec_views,
             sve_views,
+            exchange_api,
+            exchange_views,
         ],
     )
 

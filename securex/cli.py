@@ -355,6 +355,7 @@ def worker(ctx: Context, once: bool) -> None:
     import signal
 
     from securex.comedec import jobs  # noqa: F401 (registers the job handlers)
+    from securex.exchange import jobs as _exchange_jobs  # noqa: F401
     from securex.jobs.service import Runtime, WorkerThread, run_pending, run_periodic
     from securex.registry import batch  # noqa: F401
     from securex.signing.setup import load_demo_pki

@@ -107,3 +107,19 @@ class UnsupportedMediaType(SecurexError):
     status = 415
     slug = "unsupported-media-type"
     title = "Type de contenu non pris en charge"
+
+
+class Locked(SecurexError):
+    """The resource is being changed by another request (an upload in progress)."""
+
+    status = 423
+    slug = "locked"
+    title = "Ressource occupée"
+
+
+class Gone(SecurexError):
+    """The resource existed but is no more (a pli revoked or expired)."""
+
+    status = 410
+    slug = "gone"
+    title = "N'existe plus"

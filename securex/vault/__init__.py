@@ -21,8 +21,10 @@ from securex.vault.errors import IntegrityError, KeyUnavailable
 from securex.vault.keyring import Keyring
 from securex.vault.master import MasterKeySource, Pkcs11Token
 from securex.vault.store import Vault
+from securex.vault.upload import Appended, UploadConflict, UploadState, UploadTooLong
 
 __all__ = [
+    "Appended",
     "BlindIndexer",
     "BlobStore",
     "FilesystemBlobStore",
@@ -31,6 +33,9 @@ __all__ = [
     "Keyring",
     "MasterKeySource",
     "Sealed",
+    "UploadConflict",
+    "UploadState",
+    "UploadTooLong",
     "Vault",
     "column_keys",
     "master_key_source",

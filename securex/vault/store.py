@@ -2,8 +2,10 @@
 objects; export and import standalone encrypted files; collect orphans.
 
 Plain text only ever exists in memory, one segment at a time: `put` encrypts while it
-reads, `reader` yields segments whose tag has been checked, `decrypt_file` writes to a
-temporary name and renames only once the whole file has verified.
+reads, `reader` yields segments whose tag has been checked (from any offset, jumping to
+its segment), `decrypt_file` writes to a temporary name and renames only once the whole
+file has verified, and resumable uploads (`begin_upload` … `finish_upload`) seal each
+segment as its last byte arrives and keep the incomplete one sealed between requests.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,16 +26,26 @@ from sqlalchemy.orm import Session
 
 from securex.audit import EventType, record
 from securex.errors import NotFound
+from securex.vault import upload
 from securex.vault.blobs import BlobStore
 from securex.vault.errors import IntegrityError
 from securex.vault.keyring import Keyring
 from securex.vault.models import Shred, VaultObject
 from securex.vault.stream import (
+    DEFAULT_SEGMENT_SIZE,
     decrypt_stream,
     encrypt_stream,
     iter_decrypt,
     new_header,
     read_header,
+    segment_count,
+    segment_offset,
+)
+from securex.vault.upload import (
+    DEFAULT_CHECKPOINT_BYTES,
+    Appended,
+    Checkpoint,
+    UploadState,
 )
 
 EXPORT_OBJECT_ID = "export"  # standalone files carry their own wrapped key
@@ -58,12 +70,20 @@ class Vault:
 
     # --- objects -----------------------------------------------------------------
 
-    def put(self, db: Session, tenant: str, src: BinaryIO, *, now: datetime) -> VaultObject:
+    def put(
+        self,
+        db: Session,
+        tenant: str,
+        src: BinaryIO,
+        *,
+        now: datetime,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+    ) -> VaultObject:
         """Encrypt `src` into a new object of `tenant`. The row is added to the caller's
         transaction; the blob is complete on disk before the row can be committed."""
         object_id = uuid.uuid4().hex
         version, dek, wrapped = self.keyring.new_data_key(db, tenant, object_id)
-        header = new_header(key_id=key_id(tenant), key_version=version)
+        header = new_header(key_id=key_id(tenant), key_version=version, segment_size=segment_size)
         with self.blobs.writer(object_id) as fh:
             size = encrypt_stream(
                 src, fh, dek=dek, header=header, tenant=tenant, object_id=object_id
@@ -89,19 +109,42 @@ class Vault:
             raise NotFound("Document introuvable.")
         return obj
 
-    def reader(self, db: Session, tenant: str, object_id: str) -> Iterator[bytes]:
-        """Verified plaintext, segment by segment; IntegrityError on any damage."""
+    def reader(self, db: Session, tenant: str, object_id: str, start: int = 0) -> Iterator[bytes]:
+        """Verified plaintext from byte `start` (0 ≤ start ≤ size, else ValueError) to the
+        end, segment by segment; IntegrityError on any damage in what is read. A range read
+        jumps to the segment holding `start`: segments before it are neither read nor
+        checked, those after it are, up to the end of the object and its final flag."""
         obj = self._live(db, tenant, object_id)
+        if not 0 <= start <= obj.size:
+            raise ValueError(f"start must be within 0..{obj.size}")
         assert obj.wrapped_key is not None and obj.key_version is not None
         dek = self.keyring.open_data_key(db, tenant, obj.id, obj.key_version, obj.wrapped_key)
-        return self._segments(obj.id, tenant, dek)
+        return self._segments(obj.id, tenant, dek, start, obj.size)
 
-    def _segments(self, object_id: str, tenant: str, dek: bytes) -> Iterator[bytes]:
+    def _segments(
+        self, object_id: str, tenant: str, dek: bytes, start: int = 0, size: int = 0
+    ) -> Iterator[bytes]:
         with self.blobs.open(object_id) as fh:
             header = read_header(fh)
             if header.key_id != key_id(tenant):
                 raise IntegrityError()
-            yield from iter_decrypt(fh, dek=dek, header=header, tenant=tenant, object_id=object_id)
+            if not start:
+                yield from iter_decrypt(
+                    fh, dek=dek, header=header, tenant=tenant, object_id=object_id
+                )
+                return
+            seg = header.segment_size
+            # start == size still reads (and checks) the final segment, then yields nothing.
+            first = min(start // seg, segment_count(size, seg) - 1)
+            skip = start - first * seg
+            fh.seek(segment_offset(header, first))
+            for plain in iter_decrypt(
+                fh, dek=dek, header=header, tenant=tenant, object_id=object_id, first_segment=first
+            ):
+                if skip:
+                    plain, skip = plain[skip:], 0
+                if plain:
+                    yield plain
 
     def read_all(self, db: Session, tenant: str, object_id: str) -> bytes:
         """For small objects only (a form, a signature): the whole plaintext in memory."""
@@ -155,6 +198,99 @@ class Vault:
                 count += 1
         db.flush()
         return count
+
+    # --- resumable uploads -------------------------------------------------------
+
+    def begin_upload(
+        self, db: Session, tenant: str, length: int, *, segment_size: int = DEFAULT_SEGMENT_SIZE
+    ) -> UploadState:
+        """Start an object of `length` plaintext bytes that will arrive over several
+        requests: a new object id and data key, the header written (and synced) into a new
+        part blob. Nothing is added to `db` (used only to wrap the key); the caller keeps
+        the returned state in its own row."""
+        if length < 0:
+            raise ValueError("length must be >= 0")
+        object_id = uuid.uuid4().hex
+        version, dek, wrapped = self.keyring.new_data_key(db, tenant, object_id)
+        header = new_header(key_id=key_id(tenant), key_version=version, segment_size=segment_size)
+        return upload.begin(
+            self.blobs,
+            tenant=tenant,
+            object_id=object_id,
+            length=length,
+            key_version=version,
+            wrapped_key=wrapped,
+            dek=dek,
+            header=header,
+        )
+
+    def append_upload(
+        self,
+        db: Session,
+        state: UploadState,
+        chunks: Iterable[bytes],
+        *,
+        checkpoint: Checkpoint | None = None,
+        checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
+    ) -> Appended:
+        """Add `chunks` (any sizes) at `state.offset`. Each segment is sealed and written to
+        the part as soon as its last byte arrives; at the first segment boundary after every
+        `checkpoint_bytes` of progress, the part is synced and `checkpoint(state)` called so
+        the caller can commit that offset. When `chunks` ends, or raises (a client gone:
+        any Exception from the iterator, returned in `Appended.interruption`, never
+        raised), the incomplete segment is sealed into the state's tail, the part synced,
+        and the state returned: commit it.
+
+        Raises UploadTooLong (with `.state`, durable) for a chunk that would go past
+        `length`, writing none of it; UploadConflict if, after a crash, the client sends
+        other bytes than those an earlier attempt sealed; IntegrityError if the state or
+        the part was damaged. `db` serves only to unwrap the data key, before the first
+        chunk is read. Appends to one upload must not run concurrently (lock its row)."""
+        header = upload.state_header(state)
+        if header.key_id != key_id(state.tenant):
+            raise IntegrityError()
+        dek = self.keyring.open_data_key(
+            db, state.tenant, state.object_id, state.key_version, state.wrapped_key
+        )
+        return upload.append(
+            self.blobs,
+            state,
+            chunks,
+            dek=dek,
+            checkpoint=checkpoint,
+            checkpoint_bytes=checkpoint_bytes,
+        )
+
+    def finish_upload(self, db: Session, state: UploadState, *, now: datetime) -> VaultObject:
+        """Make a complete upload (offset == length, else ValueError) an object: the part
+        becomes its blob, and its row is added to the caller's transaction. If that
+        transaction fails, calling this again with the same state succeeds (the blob stays
+        until then, like any uncommitted blob, for `gc`'s grace period)."""
+        if not state.complete:
+            raise ValueError("upload incomplete: offset is below length")
+        if upload.state_header(state).key_id != key_id(state.tenant):
+            raise IntegrityError()
+        # Only a key genuinely wrapped for this object may make it live.
+        self.keyring.open_data_key(
+            db, state.tenant, state.object_id, state.key_version, state.wrapped_key
+        )
+        upload.finish(self.blobs, state)
+        obj = VaultObject(
+            id=state.object_id,
+            tenant=state.tenant,
+            key_version=state.key_version,
+            wrapped_key=state.wrapped_key,
+            size=state.length,
+            stored_size=state.stored,
+            created_at=now,
+        )
+        db.add(obj)
+        db.flush()
+        return obj
+
+    def abort_upload(self, state: UploadState) -> None:
+        """Forget an upload: its part is deleted (idempotent)."""
+        self.blobs.delete_part(state.object_id)
 
     # --- maintenance -------------------------------------------------------------
 
@@ -215,6 +351,13 @@ class Vault:
                 self.blobs.delete(name)
                 removed += 1
         return removed, self.blobs.collect_temporaries(grace_seconds)
+
+    def gc_uploads(self, *, grace_seconds: float = 7 * 24 * 3600) -> int:
+        """Remove the parts of uploads not written to for `grace_seconds` (abandoned by
+        their clients); return how many. Kept apart from `gc`, whose short grace would
+        take a paused upload for debris: choose a grace longer than the uploads' expiry,
+        after which the caller refuses to resume them anyway."""
+        return self.blobs.collect_parts(grace_seconds)
 
     # --- standalone files ----------------------------------------------------------
 

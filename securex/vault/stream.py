@@ -147,6 +147,51 @@ def read_header(src: BinaryIO) -> Header:
         raise IntegrityError() from None
 
 
+class SegmentCipher:
+    """Seal and open single segments of one object, for writers that receive the plaintext
+    in pieces over time (resumable uploads) rather than as one source for
+    :func:`encrypt_stream`. The caller states each segment's index and whether it is the
+    last: this class applies the nonce rule, not the segmentation rule, so the caller must
+    follow the latter (full segments, then one final segment) for the result to be a valid
+    object. Sealing the same index twice with different plaintext reuses a GCM nonce: a
+    caller that may seal again after a crash must make sure the plaintext is the same.
+    """
+
+    def __init__(self, *, dek: bytes, header: Header, tenant: str, object_id: str) -> None:
+        self.header = header
+        self._header_bytes = header.to_bytes()
+        self._aead = _object_cipher(dek, header, self._header_bytes, tenant, object_id)
+
+    def seal_into(self, index: int, last: bool, plain: memoryview, out: memoryview) -> int:
+        """Seal ``plain`` as segment ``index`` into ``out`` (at least ``len(plain) + 16``
+        bytes); return the sealed size."""
+        if not 0 <= index < _MAX_SEGMENTS:
+            raise ValueError("plaintext too long for this segment size (2**32 segments)")
+        if len(plain) > self.header.segment_size:
+            raise ValueError("segment longer than segment_size")
+        n = len(plain) + TAG_SIZE
+        return self._aead.encrypt_into(
+            _nonce(self.header.nonce_prefix, index, last), plain, self._header_bytes, out[:n]
+        )
+
+    def open_into(self, index: int, last: bool, sealed: memoryview, out: memoryview) -> int:
+        """Verify and decrypt ``sealed`` as segment ``index`` into ``out``; return the
+        plaintext size. :class:`IntegrityError` if it is not that segment of this object."""
+        if len(sealed) < TAG_SIZE or not 0 <= index < _MAX_SEGMENTS:
+            raise IntegrityError() from None
+        n = len(sealed) - TAG_SIZE
+        target = out[:n]
+        try:
+            self._aead.decrypt_into(
+                _nonce(self.header.nonce_prefix, index, last), sealed, self._header_bytes, target
+            )
+        except InvalidTag:
+            # OpenSSL has already written the unverified plaintext into the buffer.
+            target[:] = bytes(n)
+            raise IntegrityError() from None
+        return n
+
+
 def encrypt_stream(
     src: BinaryIO, dst: BinaryIO, *, dek: bytes, header: Header, tenant: str, object_id: str
 ) -> int:
@@ -157,13 +202,12 @@ def encrypt_stream(
     nonce prefix are what make the object's key and nonces unique. ``dst.write`` is handed a
     view of a reused buffer and must copy it, as every file object does.
     """
-    header_bytes = header.to_bytes()
-    aead = _object_cipher(dek, header, header_bytes, tenant, object_id)
+    cipher = SegmentCipher(dek=dek, header=header, tenant=tenant, object_id=object_id)
     seg = header.segment_size
     plain = memoryview(bytearray(seg))
     sealed = memoryview(bytearray(seg + TAG_SIZE))
     readinto = _reader(src)
-    _write_all(dst, header_bytes)
+    _write_all(dst, header.to_bytes())
     total = 0
     index = 0
     filled = _fill(readinto, plain)
@@ -172,14 +216,7 @@ def encrypt_stream(
         # no empty trailing segment), so peek one byte to know.
         lookahead = src.read(1) if filled == seg else b""
         last = not lookahead
-        if index >= _MAX_SEGMENTS:
-            raise ValueError("plaintext too long for this segment size (2**32 segments)")
-        n = aead.encrypt_into(
-            _nonce(header.nonce_prefix, index, last),
-            plain[:filled],
-            header_bytes,
-            sealed[: filled + TAG_SIZE],
-        )
+        n = cipher.seal_into(index, last, plain[:filled], sealed)
         _write_all(dst, sealed[:n])
         total += filled
         if last:
@@ -190,23 +227,34 @@ def encrypt_stream(
 
 
 def iter_decrypt(
-    src: BinaryIO, *, dek: bytes, header: Header, tenant: str, object_id: str
+    src: BinaryIO,
+    *,
+    dek: bytes,
+    header: Header,
+    tenant: str,
+    object_id: str,
+    first_segment: int = 0,
 ) -> Iterator[bytes]:
     """Yield the plaintext segment by segment, each only after its tag has been checked.
 
-    ``src`` is positioned just after the header (see :func:`read_header`). Raises
-    :class:`IntegrityError` on the first segment that fails, having yielded nothing of it;
-    a consumer must treat what it already received as void when that happens.
+    ``src`` is positioned just after the header (see :func:`read_header`), or, to start
+    further in, at ``segment_offset(header, first_segment)``: segments are numbered from
+    ``first_segment`` and the last one is still the one followed by end of input, so the
+    final flag is checked exactly as in a whole read. Raises :class:`IntegrityError` on the
+    first segment that fails, having yielded nothing of it; a consumer must treat what it
+    already received as void when that happens.
     """
+    if first_segment < 0:
+        raise ValueError("first_segment must be >= 0")
     header_bytes = header.to_bytes()
     aead = _object_cipher(dek, header, header_bytes, tenant, object_id)
-    return _iter_decrypt(src, aead, header, header_bytes)
+    return _iter_decrypt(src, aead, header, header_bytes, first_segment)
 
 
 def _iter_decrypt(
-    src: BinaryIO, aead: AESGCM, header: Header, header_bytes: bytes
+    src: BinaryIO, aead: AESGCM, header: Header, header_bytes: bytes, first: int
 ) -> Iterator[bytes]:
-    for index, sealed, last in _sealed_segments(src, header):
+    for index, sealed, last in _sealed_segments(src, header, first):
         try:
             plain = aead.decrypt(_nonce(header.nonce_prefix, index, last), sealed, header_bytes)
         except InvalidTag:
@@ -220,30 +268,37 @@ def decrypt_stream(
     """Write the verified plaintext of ``src`` (positioned after the header) to ``dst``; return
     its size. On :class:`IntegrityError`, ``dst`` holds a prefix of verified segments only and
     the caller must discard it."""
-    header_bytes = header.to_bytes()
-    aead = _object_cipher(dek, header, header_bytes, tenant, object_id)
+    cipher = SegmentCipher(dek=dek, header=header, tenant=tenant, object_id=object_id)
     plain = memoryview(bytearray(header.segment_size))
     total = 0
     for index, sealed, last in _sealed_segments(src, header):
-        out = plain[: len(sealed) - TAG_SIZE]
-        try:
-            aead.decrypt_into(_nonce(header.nonce_prefix, index, last), sealed, header_bytes, out)
-        except InvalidTag:
-            # OpenSSL has already written the unverified plaintext into the buffer.
-            out[:] = bytes(len(out))
-            raise IntegrityError() from None
-        _write_all(dst, out)
-        total += len(out)
+        n = cipher.open_into(index, last, sealed, plain)
+        _write_all(dst, plain[:n])
+        total += n
     return total
+
+
+def segment_count(plaintext_size: int, segment_size: int) -> int:
+    """Number of segments of a plaintext: at least one (an empty plaintext has one empty
+    segment), never an empty one after full ones."""
+    if plaintext_size < 0:
+        raise ValueError("plaintext_size must be >= 0")
+    segments = max(1, -(-plaintext_size // segment_size))
+    if segments > _MAX_SEGMENTS:
+        raise ValueError("plaintext too long for this segment size (2**32 segments)")
+    return segments
+
+
+def segment_offset(header: Header, index: int) -> int:
+    """Where sealed segment ``index`` starts in the file: every segment before it is full."""
+    if index < 0:
+        raise ValueError("index must be >= 0")
+    return len(header.to_bytes()) + index * (header.segment_size + TAG_SIZE)
 
 
 def ciphertext_size(plaintext_size: int, header: Header) -> int:
     """Size of the whole file (header included) for ``plaintext_size`` bytes of plaintext."""
-    if plaintext_size < 0:
-        raise ValueError("plaintext_size must be >= 0")
-    segments = max(1, -(-plaintext_size // header.segment_size))
-    if segments > _MAX_SEGMENTS:
-        raise ValueError("plaintext too long for this segment size (2**32 segments)")
+    segments = segment_count(plaintext_size, header.segment_size)
     return len(header.to_bytes()) + plaintext_size + segments * TAG_SIZE
 
 
@@ -251,15 +306,22 @@ def ciphertext_size(plaintext_size: int, header: Header) -> int:
 
 
 def _object_cipher(
-    dek: bytes, header: Header, header_bytes: bytes, tenant: str, object_id: str
+    dek: bytes,
+    header: Header,
+    header_bytes: bytes,
+    tenant: str,
+    object_id: str,
+    label: bytes = INFO_PREFIX,
 ) -> AESGCM:
+    """The object key K of the format; with another ``label``, an independent key bound to
+    the same object (the upload tail's, ``securex.vault.upload``)."""
     if not isinstance(dek, bytes) or len(dek) != DEK_SIZE:
         raise ValueError(f"dek must be {DEK_SIZE} bytes")
     tenant_b = tenant.encode("utf-8")
     object_b = object_id.encode("utf-8")
     info = b"".join(
         (
-            INFO_PREFIX,
+            label,
             len(tenant_b).to_bytes(4, "big"),
             tenant_b,
             len(object_b).to_bytes(4, "big"),
@@ -275,14 +337,17 @@ def _nonce(prefix: bytes, index: int, last: bool) -> bytes:
     return prefix + index.to_bytes(4, "big") + (b"\x01" if last else b"\x00")
 
 
-def _sealed_segments(src: BinaryIO, header: Header) -> Iterator[tuple[int, memoryview, bool]]:
-    """Cut ``src`` into sealed segments: (index, view, is_last). The view is only valid until
-    the next iteration (one buffer, reused). The last segment is the one followed by end of
-    input, so trailing data makes a segment non-final and its tag fail."""
+def _sealed_segments(
+    src: BinaryIO, header: Header, first: int = 0
+) -> Iterator[tuple[int, memoryview, bool]]:
+    """Cut ``src`` into sealed segments: (index, view, is_last), numbered from ``first``. The
+    view is only valid until the next iteration (one buffer, reused). The last segment is the
+    one followed by end of input, so trailing data makes a segment non-final and its tag
+    fail."""
     size = header.segment_size + TAG_SIZE
     sealed = memoryview(bytearray(size))
     readinto = _reader(src)
-    index = 0
+    index = first
     filled = _fill(readinto, sealed)
     while True:
         lookahead = src.read(1) if filled == size else b""

@@ -1,0 +1,275 @@
+"""Resumable uploads (tus 1.0: core, creation, termination) written straight into the
+vault: each PATCH's bytes are sealed as they arrive, and the offset is committed every
+`CHECKPOINT_BYTES` and at the end, so an upload cut at 80 % resumes at 80 %, on any node.
+
+A PATCH holds a lease on its upload (a short transaction sets it, progress renews it):
+a second PATCH on the same upload meanwhile gets 423, as tusd answers, and a lease whose
+holder died expires after `LEASE`. No transaction stays open while bytes flow, so a
+long upload never holds SQLite's write lock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from securex.accounts.models import Tenant
+from securex.db import reading, transaction
+from securex.errors import Conflict, Gone, Locked, NotFound, PayloadTooLarge, ValidationFailed
+from securex.exchange.models import Upload
+from securex.vault import Vault
+from securex.vault.columns import column_keys
+from securex.vault.upload import UploadConflict, UploadState, UploadTooLong
+
+TUS_VERSION = "1.0.0"
+TUS_EXTENSIONS = "creation,termination"
+LEASE = timedelta(minutes=2)
+CHECKPOINT_BYTES = 32 * 2**20
+MAX_NAME = 255
+
+
+@dataclass(frozen=True)
+class UploadView:
+    id: str
+    length: int
+    offset: int
+    name: str
+    media_type: str
+    complete: bool
+
+
+def parse_metadata(header: str | None) -> dict[str, str]:
+    """`Upload-Metadata`: comma-separated `key base64value` pairs (tus 1.0)."""
+    values: dict[str, str] = {}
+    for pair in (header or "").split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, _, encoded = pair.partition(" ")
+        try:
+            values[key] = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ValidationFailed(
+                "En-tête Upload-Metadata invalide : chaque valeur doit être en base64 (UTF-8)."
+            ) from None
+    return values
+
+
+def clean_name(name: str) -> str:
+    """A file name safe to show and to offer in Content-Disposition: no folders, no
+    control characters, not empty."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip().strip(".")
+    return name[:MAX_NAME] or "fichier"
+
+
+def _view(row: Upload) -> UploadView:
+    meta = json.loads(row.meta)
+    return UploadView(
+        row.id, row.length, row.offset, meta["name"], meta["type"], row.completed_at is not None
+    )
+
+
+def create(
+    db: Session,
+    vault: Vault,
+    tenant: Tenant,
+    owner: str,
+    *,
+    length: int,
+    metadata: dict[str, str],
+    max_bytes: int,
+    ttl: timedelta,
+    now: datetime,
+) -> UploadView:
+    if length < 0:
+        raise ValidationFailed("Upload-Length doit être un entier positif.")
+    if length > max_bytes:
+        raise PayloadTooLarge(
+            f"Fichier trop volumineux : {length} octets, au plus {max_bytes} sur cette plateforme."
+        )
+    name = clean_name(metadata.get("filename") or metadata.get("name") or "")
+    media_type = (metadata.get("filetype") or metadata.get("type") or "")[:100]
+    media_type = media_type or "application/octet-stream"
+    state = vault.begin_upload(db, tenant.insee, length)
+    with column_keys(db, vault.keyring, tenant.insee):
+        row = Upload(
+            id=state.object_id,
+            tenant_id=tenant.id,
+            owner=owner,
+            meta=json.dumps({"name": name, "type": media_type}),
+            length=length,
+            offset=0,
+            state=state.to_json().encode(),
+            created_at=now,
+            expires_at=now + ttl,
+        )
+        db.add(row)
+        db.flush()
+        return _view(row)
+
+
+def _row(db: Session, upload_id: str, owner: str, now: datetime) -> Upload:
+    row = db.get(Upload, upload_id) if len(upload_id) == 32 else None
+    if row is None or not secrets.compare_digest(row.owner, owner):
+        raise NotFound("Téléversement introuvable.")
+    if row.used_at is not None or (row.completed_at is None and row.expires_at <= now):
+        raise Gone("Ce téléversement n'existe plus : recommencez l'envoi du fichier.")
+    return row
+
+
+def status(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime) -> UploadView:
+    row = _row(db, upload_id, owner, now)
+    insee = _insee(db, row)
+    with column_keys(db, vault.keyring, insee):
+        return _view(row)
+
+
+def _insee(db: Session, row: Upload) -> str:
+    tenant = db.get(Tenant, row.tenant_id)
+    assert tenant is not None
+    return tenant.insee
+
+
+def append(
+    sessions: sessionmaker[Session],
+    vault: Vault,
+    upload_id: str,
+    owner: str,
+    *,
+    offset: int,
+    chunks: Iterable[bytes],
+    clock: Callable[[], datetime],
+) -> UploadView:
+    """Write the PATCH body at `offset` (which must be the upload's offset: 409
+    otherwise). Whatever arrived before a disconnection is kept."""
+    lease = secrets.token_hex(16)
+    with transaction(sessions) as db:
+        now = clock()
+        row = _row(db, upload_id, owner, now)
+        if row.completed_at is not None:
+            raise Conflict("Ce fichier est déjà entièrement téléversé.", offset=row.offset)
+        if offset != row.offset:
+            raise Conflict(
+                f"Upload-Offset {offset} ne correspond pas au décalage du serveur "
+                f"({row.offset}) : reprenez à {row.offset}.",
+                offset=row.offset,
+            )
+        taken = db.execute(
+            update(Upload)
+            .where(
+                Upload.id == upload_id,
+                or_(Upload.lease.is_(None), Upload.lease_until < now),
+            )
+            .values(lease=lease, lease_until=now + LEASE)
+        )
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            raise Locked(
+                "Ce fichier est en cours de téléversement par une autre connexion : "
+                "réessayez dans un instant."
+            )
+        state = UploadState.from_json(row.state.decode())
+        insee = _insee(db, row)
+
+    def save(new: UploadState, *, final: bool) -> None:
+        with transaction(sessions) as db:
+            values: dict[str, Any] = {"offset": new.offset, "state": new.to_json().encode()}
+            values.update(lease=None, lease_until=None) if final else values.update(
+                lease_until=clock() + LEASE
+            )
+            done = db.execute(
+                update(Upload).where(Upload.id == upload_id, Upload.lease == lease).values(**values)
+            )
+            if done.rowcount != 1:  # type: ignore[attr-defined]
+                raise Locked("Le téléversement a été repris par une autre connexion.")
+
+    def released(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        keydb.close()  # the data key is unwrapped: no transaction while bytes flow
+        yield from chunks
+
+    with sessions() as keydb:
+        reading(keydb)
+        try:
+            appended = vault.append_upload(
+                keydb,
+                state,
+                released(chunks),
+                checkpoint=lambda new: save(new, final=False),
+                checkpoint_bytes=CHECKPOINT_BYTES,
+            )
+            state = appended.state
+        except UploadTooLong as too_long:
+            save(too_long.state, final=True)
+            raise PayloadTooLarge(
+                "Le corps dépasse la taille annoncée du fichier (Upload-Length) : rien "
+                "au-delà n'a été gardé."
+            ) from None
+        except UploadConflict:
+            with transaction(sessions) as db:
+                db.execute(delete(Upload).where(Upload.id == upload_id))
+            vault.abort_upload(state)
+            raise Conflict(
+                "Les octets renvoyés diffèrent de ceux déjà reçus : le téléversement est "
+                "annulé, recommencez l'envoi du fichier."
+            ) from None
+    save(state, final=True)
+    with transaction(sessions) as db:
+        now = clock()
+        done = db.get(Upload, upload_id)
+        assert done is not None
+        if done.offset == done.length and done.completed_at is None:
+            vault.finish_upload(db, state, now=now)
+            done.completed_at = now
+        with column_keys(db, vault.keyring, insee):
+            return _view(done)
+
+
+def terminate(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime) -> None:
+    row = _row(db, upload_id, owner, now)
+    if row.lease is not None and row.lease_until and row.lease_until > now:
+        raise Locked("Ce fichier est en cours de téléversement : réessayez dans un instant.")
+    state = UploadState.from_json(row.state.decode())
+    db.delete(row)
+    if row.completed_at is None:
+        vault.abort_upload(state)
+    else:
+        vault.shred(db, _insee(db, row), row.id, now=now, actor=owner)
+
+
+def take(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime) -> Upload:
+    """A finished upload, to attach to a pli (once)."""
+    row = _row(db, upload_id, owner, now)
+    if row.completed_at is None:
+        raise ValidationFailed(
+            f"Le fichier {upload_id} n'est pas entièrement téléversé "
+            f"({row.offset} octets sur {row.length}).",
+            errors=[{"field": "files", "message": "téléversement incomplet"}],
+        )
+    row.used_at = now
+    return row
+
+
+def expire(db: Session, vault: Vault, *, now: datetime) -> int:
+    """Unfinished uploads past their time, and finished ones never attached, go."""
+    rows = db.scalars(select(Upload).where(Upload.expires_at <= now, Upload.used_at.is_(None)))
+    count = 0
+    for row in rows:
+        if row.lease is not None and row.lease_until and row.lease_until > now:
+            continue
+        state = UploadState.from_json(row.state.decode())
+        if row.completed_at is None:
+            vault.abort_upload(state)
+        else:
+            vault.shred(db, _insee(db, row), row.id, now=now, actor="system:exchange")
+        db.delete(row)
+        count += 1
+    return count
