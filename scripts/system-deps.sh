@@ -11,6 +11,8 @@ certutil:libnss3-tools
 openssl:openssl
 /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf:fonts-dejavu-core
 /usr/sbin/clamd:clamav-daemon
+gpg:gnupg
+/usr/bin/chromium:chromium
 "
 missing=""
 for entry in $NEEDED; do

@@ -81,6 +81,7 @@ def create_app(
     from securex.exchange import jobs as _exchange_jobs  # noqa: F401 (job handlers)
     from securex.exchange.api import bp as exchange_api
     from securex.exchange.views import bp as exchange_views
+    from securex.exchange.views import public_bp as exchange_public
     from securex.registry.api import bp as registry_api
     from securex.registry.views import bp as registry_views
     from securex.web.api import meta
@@ -109,6 +110,7 @@ def create_app(
             sve_views,
             exchange_api,
             exchange_views,
+            exchange_public,
         ],
     )
 
@@ -133,7 +135,7 @@ def create_app(
 
         extra: dict[str, Any] = {"version": __version__}
         if current_user.is_authenticated:
-            extra["logout_form"] = ActionForm()
+            extra["logout_form"] = ActionForm(formdata=None)  # never re-reads a body
         return extra
 
     # pyHanko logs a warning with a traceback for every untrusted path it meets while

@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from functools import cached_property
@@ -384,6 +384,48 @@ def worker(ctx: Context, once: bool) -> None:
         thread.join()
 
 
+def gunicorn_options(
+    settings: Settings, host: str | None, port: int | None, workers: int | None
+) -> dict[str, Any]:
+    """gunicorn's settings for `securex serve` (sync workers); None takes the
+    configuration's value. Also used by bench/exchange.py, so that its reference server
+    runs exactly like this one."""
+    return {
+        "bind": f"{host or settings['server.host']}:{port or settings['server.port']}",
+        "workers": workers or max(2, int(settings["server.workers"])),
+        "timeout": 120,
+        "graceful_timeout": 20,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "securex",
+        # gunicorn's control socket sits at one path per user ($HOME/.gunicorn): two
+        # instances on a host would share it. securex has no use for it.
+        "control_socket_disable": True,
+    }
+
+
+def run_gunicorn(options: dict[str, Any], app_factory: Callable[[], Any]) -> None:
+    """Serve `app_factory()`'s WSGI application with gunicorn until it is stopped. The
+    factory is called in each worker, after the fork."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return app_factory()
+
+    Server().run()
+
+
+def _create_app() -> Any:
+    from securex.app import create_app
+
+    return create_app()
+
+
 @main.command()
 @click.option("--host", default=None, help="Adresse d'écoute (défaut : configuration).")
 @click.option("--port", type=int, default=None, help="Port (défaut : configuration).")
@@ -396,32 +438,10 @@ def worker(ctx: Context, once: bool) -> None:
 @pass_ctx
 def serve(ctx: Context, host: str | None, port: int | None, workers: int | None) -> None:
     """Servir l'application web et l'API avec gunicorn."""
-    from gunicorn.app.base import BaseApplication
-
     load_instance_secret(ctx.settings.instance)
-    bind = f"{host or ctx.settings['server.host']}:{port or ctx.settings['server.port']}"
-    options = {
-        "bind": bind,
-        "workers": workers or max(2, int(ctx.settings["server.workers"])),
-        "timeout": 120,
-        "graceful_timeout": 20,
-        "errorlog": "-",
-        "loglevel": "info",
-        "proc_name": "securex",
-    }
-
-    class Server(BaseApplication):
-        def load_config(self) -> None:
-            for key, value in options.items():
-                self.cfg.set(key, value)
-
-        def load(self) -> Any:
-            from securex.app import create_app
-
-            return create_app()
-
-    click.echo(f"securex écoute sur http://{bind}/")
-    Server().run()
+    options = gunicorn_options(ctx.settings, host, port, workers)
+    click.echo(f"securex écoute sur http://{options['bind']}/")
+    run_gunicorn(options, _create_app)
 
 
 @main.group()

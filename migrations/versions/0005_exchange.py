@@ -11,7 +11,6 @@ from alembic import op
 
 import securex.db
 
-
 revision = "0005"
 down_revision = "0004"
 branch_labels = None

@@ -39,7 +39,7 @@ from securex.exchange.models import (
 )
 from securex.jobs.models import Job
 from securex.jobs.service import Runtime, handler, periodic
-from securex.mail import MailError
+from securex.mail import MailError, MailSettings
 from securex.vault.columns import column_keys
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,9 @@ def prepare(rt: Runtime, job_id: int) -> None:
     if not _scan_files(rt, pli_id):
         return
     _pgp_copies(rt, pli_id)
-    if not _notify(rt, pli_id):
+    if not _notify(rt, pli_id) and MailSettings.from_settings(rt.settings, rt.environ).enabled:
+        # A relay that refused may accept later; with no relay at all, retrying is
+        # pointless: the sender's page shows that the notification did not leave.
         raise MailError("Notification non envoyée : nouvel essai plus tard.")
 
 
@@ -476,6 +478,8 @@ def purge(rt: Runtime) -> int:
         gone = service.purge_expired(db, rt.vault, now=rt.clock())
         uploads.expire(db, rt.vault, now=rt.clock())
     _remove_blobs(rt, gone)
+    # Parts no row knows of any more (a crash between the part and its row).
+    rt.vault.gc_uploads(grace_seconds=(policy(rt).upload_hours + 1) * 3600)
     return len(gone)
 
 

@@ -966,14 +966,15 @@ def purge_expired(db: Session, vault: Vault, *, now: datetime) -> list[str]:
     for pli in rows:
         if pli.status != PliStatus.REVOKED:
             pli.status = PliStatus.EXPIRED
-        gone += _shred(db, vault, pli, "system:exchange", now)
+        objects = _shred(db, vault, pli, "system:exchange", now)
+        gone += objects
         record(
             db,
             EventType.PLI_PURGED,
             actor="system:exchange",
             subject=f"pli:{pli.id}",
             tenant=_tenant(db, pli.tenant_id).insee,
-            details={"files": len(gone)},
+            details={"objects": len(objects)},
             now=now,
         )
     return gone
