@@ -387,12 +387,17 @@ def worker(ctx: Context, once: bool) -> None:
 def gunicorn_options(
     settings: Settings, host: str | None, port: int | None, workers: int | None
 ) -> dict[str, Any]:
-    """gunicorn's settings for `securex serve` (sync workers); None takes the
+    """gunicorn's settings for `securex serve` (threaded workers); None takes the
     configuration's value. Also used by bench/exchange.py, so that its reference server
     runs exactly like this one."""
     return {
         "bind": f"{host or settings['server.host']}:{port or settings['server.port']}",
         "workers": workers or max(2, int(settings["server.workers"])),
+        # Threads, so that a long transfer (a large file to a slow recipient) neither
+        # holds a whole process nor outlives the timeout: the worker's main thread
+        # keeps telling the master it is alive while request threads stream.
+        "worker_class": "gthread",
+        "threads": int(settings["server.threads"]),
         "timeout": 120,
         "graceful_timeout": 20,
         "errorlog": "-",

@@ -35,9 +35,11 @@ from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.serving import make_server
 from werkzeug.test import encode_multipart
 
+from securex.accounts.models import User
 from securex.app import create_app
 from securex.audit.models import AuditEvent
-from securex.exchange import views
+from securex.db import transaction
+from securex.exchange import service, views
 from securex.exchange.models import Download, PliFile, Recipient
 from securex.jobs.service import run_pending
 from securex.vault.models import VaultObject
@@ -284,9 +286,9 @@ def test_a_pli_sent_without_javascript_is_opened_downloaded_and_followed(
             )
         ).all()
     assert [(start, sent, done is not None) for start, sent, done in rows] == [
-        (10, len(PDF) - 10, True),  # a range to the end completes the file
+        (10, len(PDF) - 10, False),  # to the end, but bytes 0-9 were never sent
         (100, 100, False),
-        (len(PDF) - 7, 7, True),
+        (len(PDF) - 7, 7, False),
         (0, len(PDF), True),
         (0, len(CSV), True),
         (0, rows[-1][1], True),  # the zip
@@ -318,6 +320,34 @@ def test_a_client_that_goes_away_leaves_an_unfinished_download(
         ((completed_at, sent),) = db.execute(select(Download.completed_at, Download.bytes_sent))
         assert completed_at is None and 0 < sent < BIG
         assert db.scalar(select(Recipient.downloaded_at)) is None
+
+
+def test_only_every_byte_delivered_makes_a_download_and_a_receipt(
+    world, app, clock, runtime, smtp, factory
+):
+    """The last byte alone (a suffix Range) is no download; an interrupted download
+    resumed from where it stopped is one, and gives the receipt."""
+    content = bytes(range(256)) * 2000
+    _, _, link = sent_and_notified(app, world, clock, runtime, smtp, files=[(content, "a.bin")])
+    recipient = app.test_client()
+    open_pli(recipient, smtp, link)
+    (url,) = re.findall(
+        rf'href="({re.escape(link)}/fichiers/\d+)"', text(recipient.get(f"{link}/pli"))
+    )
+    last = recipient.get(url, headers={"Range": "bytes=-1"})
+    assert last.status_code == 206 and last.data == content[-1:]
+    with factory() as db:
+        assert db.scalar(select(Recipient.downloaded_at)) is None
+    first = recipient.get(url, headers={"Range": "bytes=0-99999"})
+    assert first.data == content[:100000]
+    with factory() as db:
+        assert db.scalar(select(Recipient.downloaded_at)) is None
+    rest = recipient.get(url, headers={"Range": "bytes=100000-"})
+    assert rest.status_code == 206 and first.data + rest.data == content
+    with factory() as db:
+        assert db.scalar(select(Recipient.downloaded_at)) is not None
+    run_pending(runtime)
+    assert [m.subject for m in mails_to(smtp, world["agent"].email)][-1].endswith("téléchargé")
 
 
 def test_wrong_codes_lock_the_pli_until_the_sender_unlocks_it(world, app, clock, runtime, smtp):
@@ -512,6 +542,85 @@ def test_a_citizen_deposits_files_through_a_deposit_link(world, app, clock, runt
     dax = browser(app, world["dax"], clock)
     assert dax.get(f"/plis/{pli_id}").status_code == 404
     assert dax.get(urls[0]).status_code == 404
+
+
+def tus_upload(client: Any, endpoint: str, content: bytes, name: str) -> str:
+    """A resumable upload in two PATCHes, with no session and no CSRF token (public
+    pages): returns the upload's id."""
+    meta = "filename " + base64.b64encode(name.encode()).decode()
+    tus = {"Tus-Resumable": "1.0.0"}
+    created = client.post(
+        endpoint, headers={**tus, "Upload-Length": str(len(content)), "Upload-Metadata": meta}
+    )
+    assert created.status_code == 201, text(created)
+    location = created.headers["Location"]
+    assert location.startswith(endpoint + "/")
+    half = len(content) // 2
+    for offset, part in ((0, content[:half]), (half, content[half:])):
+        patched = client.patch(
+            location,
+            data=part,
+            headers={
+                **tus,
+                "Upload-Offset": str(offset),
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
+        assert patched.status_code == 204, text(patched)
+    return location.rsplit("/", 1)[1]
+
+
+def test_deposits_and_replies_take_resumable_uploads(world, app, clock, runtime, smtp, factory):
+    agent, _, link = sent_and_notified(app, world, clock, runtime, smtp)
+    big = os.urandom(3 * 2**20 + 11)
+    recipient = app.test_client()
+    refused = recipient.post(
+        f"{link}/televersements", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "5"}
+    )
+    assert refused.status_code == 403  # not opened with a code yet
+    open_pli(recipient, smtp, link)
+    upload = tus_upload(recipient, f"{link}/televersements", big, "scan registre.pdf")
+    sent = recipient.post(f"{link}/repondre", data={"message": "Le scan.", "uploads": upload})
+    assert sent.status_code == 303, text(sent)
+
+    with transaction(factory) as db:
+        user = db.get(User, world["agent"].id)
+        _, token = service.create_deposit(
+            db,
+            app.extensions["securex"].vault,
+            user,
+            label="Pièces",
+            instructions="",
+            email="",
+            days=None,
+            uses=1,
+            now=clock(),
+            policy=service.ExchangePolicy(),
+        )
+    citizen = app.test_client()
+    deposit = f"/depot/{token}"
+    upload = tus_upload(citizen, f"{deposit}/televersements", big[::-1], "gros.pdf")
+    # An upload is its uploader's: the recipient's cannot serve the depositor, nor the reverse.
+    stolen = citizen.post(
+        deposit,
+        data={"name": "Jean Lafitte", "email": "jean@example.org", "uploads": upload + "0"},
+    )
+    assert stolen.status_code in (404, 422)
+    done = citizen.post(
+        deposit, data={"name": "Jean Lafitte", "email": "jean@example.org", "uploads": upload}
+    )
+    assert done.status_code == 200, text(done)
+
+    run_pending(runtime)
+    received = text(agent.get("/plis?onglet=recus"))
+    ids = [int(i) for i in re.findall(r'href="/plis/(\d+)">', received)]
+    contents = []
+    for incoming in ids:
+        page = text(agent.get(f"/plis/{incoming}"))
+        contents += [
+            agent.get(u).data for u in re.findall(rf'href="(/plis/{incoming}/fichiers/\d+)"', page)
+        ]
+    assert sorted(contents) == sorted([big, big[::-1]])
 
 
 def test_revoking_a_deposit_link(world, app, clock):

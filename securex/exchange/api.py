@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from securex.accounts.models import Tenant
 from securex.accounts.service import Actor
-from securex.errors import Forbidden, ValidationFailed
+from securex.errors import Forbidden, NotFound, ValidationFailed
 from securex.exchange import service
 from securex.exchange.models import Pli
 from securex.exchange.tus import add_tus_routes
@@ -146,6 +146,14 @@ def _sender() -> tuple[Actor, Tenant]:
     return Actor.for_user(user), user.tenant
 
 
+def _sent(send_id: int) -> Pli:
+    """A pli the token holder's commune sent (received ones are not sends: 404)."""
+    pli = service.get_for_staff(db(), current_api_user(), send_id)
+    if pli.direction != service.OUTGOING:
+        raise NotFound("Pli introuvable.")
+    return pli
+
+
 def _out(pli: Pli, phone_codes: dict[str, str] | None = None) -> SendOut:
     v = service.view(db(), state().vault, pli)
     return SendOut(
@@ -245,7 +253,7 @@ def create_send(body: SendIn) -> tuple[SendOut, int, dict[str, str]]:
 def get_send(send_id: int) -> SendOut:
     """Un pli de la commune du titulaire du jeton (404 pour un autre)."""
     _sender()
-    return _out(service.get_for_staff(db(), current_api_user(), send_id))
+    return _out(_sent(send_id))
 
 
 @bp.operation(
@@ -281,7 +289,7 @@ def revoke_send(send_id: int) -> None:
     """Les destinataires ne peuvent plus l'ouvrir ; les clés de ses fichiers sont
     détruites (effacement cryptographique). Le suivi reste consultable."""
     actor, _ = _sender()
-    pli = service.get_for_staff(db(), current_api_user(), send_id)
+    pli = _sent(send_id)
     gone = service.revoke(db(), state().vault, pli, actor, now=now())
     db().commit()
     for object_id in gone:

@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from securex.accounts.models import Tenant, User
 from securex.audit import EventType, record
@@ -207,7 +207,7 @@ def _scan_files(rt: Runtime, pli_id: int) -> bool:
 def _pgp_copies(rt: Runtime, pli_id: int) -> None:
     """Each file encrypted to each recipient who has a registered key, kept in the
     vault like the original; the GnuPG home exists only while encrypting."""
-    from securex.exchange.openpgp import OpenPgp
+    from securex.exchange.openpgp import KeyRefused, OpenPgp
 
     with rt.sessions() as db:
         pli = db.get(Pli, pli_id)
@@ -244,7 +244,14 @@ def _pgp_copies(rt: Runtime, pli_id: int) -> None:
             for file_id, object_id in files:
                 if (recipient_id, file_id) in have or fingerprint not in keys:
                     continue
-                encrypted = gpg.encrypt(fingerprint, _plain(rt, insee, object_id))
+                try:
+                    encrypted = gpg.encrypt(fingerprint, _plain(rt, insee, object_id))
+                except (KeyRefused, NotFound):
+                    # Expired or revoked since it was registered: this recipient gets
+                    # the files as every other one does, protected by the code.
+                    log.warning("pli %s: OpenPGP key refused, sent without it", pli_id)
+                    _drop_key(rt, recipient_id)
+                    break
                 with transaction(rt.sessions) as db:
                     obj = rt.vault.put(db, insee, IterReader(encrypted), now=rt.clock())
                     db.add(
@@ -257,6 +264,20 @@ def _pgp_copies(rt: Runtime, pli_id: int) -> None:
                     )
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _drop_key(rt: Runtime, recipient_id: int) -> None:
+    with transaction(rt.sessions) as db:
+        rcpt = db.get(Recipient, recipient_id)
+        assert rcpt is not None
+        pli = db.get(Pli, rcpt.pli_id)
+        assert pli is not None
+        rcpt.pgp_fingerprint = None
+        for copy in db.scalars(select(PgpCopy).where(PgpCopy.recipient_id == recipient_id)):
+            rt.vault.shred(
+                db, _insee(db, pli), copy.object_id, now=rt.clock(), actor="system:exchange"
+            )
+            db.delete(copy)
 
 
 def _ram_dir() -> str | None:
@@ -281,6 +302,10 @@ def _mail(rt: Runtime, *, to: str, subject: str, template: str, **values: Any) -
         log.warning("exchange mail %s not sent: %s", template, type(exc).__name__)
         return False
     return True
+
+
+def _mail_enabled(rt: Runtime) -> bool:
+    return MailSettings.from_settings(rt.settings, rt.environ).enabled
 
 
 def _notify(rt: Runtime, pli_id: int) -> bool:
@@ -375,7 +400,7 @@ def prepare(rt: Runtime, job_id: int) -> None:
     if not _scan_files(rt, pli_id):
         return
     _pgp_copies(rt, pli_id)
-    if not _notify(rt, pli_id) and MailSettings.from_settings(rt.settings, rt.environ).enabled:
+    if not _notify(rt, pli_id) and _mail_enabled(rt):
         # A relay that refused may accept later; with no relay at all, retrying is
         # pointless: the sender's page shows that the notification did not leave.
         raise MailError("Notification non envoyée : nouvel essai plus tard.")
@@ -401,6 +426,8 @@ def receipt(rt: Runtime, job_id: int) -> None:
         with column_keys(db, rt.vault.keyring, insee):
             who = rcpt.email
         to, at = sender.email, rcpt.downloaded_at
+    if not _mail_enabled(rt):
+        return  # nothing to retry: the sender's page shows the download
     if not _mail(
         rt,
         to=to,
@@ -430,7 +457,15 @@ def send_reminders(rt: Runtime) -> int:
         due = service.due_reminders(db, now=rt.clock(), policy=rules)
     sent = 0
     for recipient_id in due:
-        with rt.sessions() as db:
+        with transaction(rt.sessions) as db:
+            # Claimed first, so that two workers never remind the same recipient twice.
+            claimed = db.execute(
+                update(Recipient)
+                .where(Recipient.id == recipient_id, Recipient.reminded_at.is_(None))
+                .values(reminded_at=rt.clock())
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                continue
             rcpt = db.get(Recipient, recipient_id)
             assert rcpt is not None
             pli = db.get(Pli, rcpt.pli_id)
@@ -440,19 +475,20 @@ def send_reminders(rt: Runtime) -> int:
             with column_keys(db, rt.vault.keyring, tenant.insee):
                 email, link = rcpt.email, rcpt.link
             values = {"commune": tenant.name, "expires_at": pli.expires_at}
-        if not _mail(
+        reminded = _mail(
             rt,
             to=email,
             subject=f"Rappel : un pli de {tenant.name} expire bientôt",
             template="reminder",
             link=f"{base_url(rt.settings)}/plis/d/{link}",
             **values,
-        ):
-            continue
+        )
         with transaction(rt.sessions) as db:
             rcpt = db.get(Recipient, recipient_id)
             assert rcpt is not None
-            rcpt.reminded_at = rt.clock()
+            if not reminded:
+                rcpt.reminded_at = None  # the next round tries again
+                continue
             record(
                 db,
                 EventType.PLI_REMINDED,

@@ -4,8 +4,8 @@ recipients' OpenPGP keys.
 
 What says something about a person (subject, message, file names, addresses, the
 address a download came from) is sealed for the sending commune; what the service
-needs to route, count and expire stays in clear. Codes and link tokens are stored as
-keyed digests only.
+needs to route, count and expire stays in clear. Codes are stored as keyed digests
+(the commune's index key), random 256-bit link tokens and cookies as SHA-256 digests.
 """
 
 from __future__ import annotations

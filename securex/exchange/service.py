@@ -874,7 +874,7 @@ def finish_download(
     pli = db.get(Pli, rcpt.pli_id)
     assert pli is not None
     insee = _tenant(db, pli.tenant_id).insee
-    if not complete:
+    if not complete or not _covered(db, row):
         return False
     row.completed_at = now
     record(
@@ -910,14 +910,47 @@ def finish_download(
     return True
 
 
+def _covered(db: Session, row: Download) -> bool:
+    """Whether this recipient's downloads of the file, this one and the interrupted
+    ones it resumes, together delivered every byte: a Range of the last byte alone
+    is no download, and gives no receipt."""
+    if row.file_id is None:
+        return row.range_start == 0  # a zip is sent whole
+    if row.encrypted:
+        size = db.scalar(
+            select(PgpCopy.size).where(
+                PgpCopy.file_id == row.file_id, PgpCopy.recipient_id == row.recipient_id
+            )
+        )
+    else:
+        size = db.scalar(select(PliFile.size).where(PliFile.id == row.file_id))
+    db.flush()
+    spans = sorted(
+        (d.range_start, d.range_start + d.bytes_sent)
+        for d in db.scalars(
+            select(Download).where(
+                Download.recipient_id == row.recipient_id,
+                Download.file_id == row.file_id,
+                Download.encrypted == row.encrypted,
+            )
+        )
+    )
+    reach = 0
+    for start, end in spans:
+        if start > reach:
+            break
+        reach = max(reach, end)
+    return reach >= (size or 0)
+
+
 # --- the sender's actions ----------------------------------------------------------------
 
 
 def revoke(db: Session, vault: Vault, pli: Pli, actor: Actor, *, now: datetime) -> list[str]:
     """Withdraw the pli at once: its files' keys are destroyed. Returns the objects
     whose blobs the caller removes after the commit."""
-    if pli.status in (PliStatus.REVOKED, PliStatus.EXPIRED):
-        raise Gone("Ce pli n'est déjà plus disponible.")
+    if pli.status in (PliStatus.REVOKED, PliStatus.EXPIRED, PliStatus.BLOCKED):
+        raise Gone("Ce pli n'est déjà plus disponible (ses fichiers sont détruits).")
     pli.status = PliStatus.REVOKED
     pli.revoked_at = now
     record(
@@ -1005,6 +1038,7 @@ def due_reminders(db: Session, *, now: datetime, policy: ExchangePolicy) -> list
             select(Recipient.id)
             .join(Pli, Pli.id == Recipient.pli_id)
             .where(
+                Pli.direction == OUTGOING,
                 Pli.status == PliStatus.SENT,
                 Pli.expires_at > now,
                 Pli.expires_at <= now + timedelta(days=policy.reminder_days),

@@ -78,7 +78,7 @@ def body_chunks() -> Iterator[bytes]:
 def _answer(fn: Callable[..., Response]) -> Callable[..., Response]:
     def view(**kwargs: Any) -> Response:
         try:
-            return fn(**kwargs)
+            return fn(**kwargs)  # the prefix's own variables (a link's token) included
         except SecurexError as error:
             db().rollback()
             response = problem_from_error(error)
@@ -92,7 +92,9 @@ def _answer(fn: Callable[..., Response]) -> Callable[..., Response]:
 
 
 def add_tus_routes(bp: Blueprint, prefix: str, owner: Owner, endpoint: str) -> None:
-    """Register the tus routes on `bp` under `prefix`; `endpoint` names them."""
+    """Register the tus routes on `bp` under `prefix` (which may hold variables, such
+    as a link's token: `owner` reads them from `request.view_args`); `endpoint` names
+    them."""
 
     def options() -> Response:
         limit = policy().max_file_bytes
@@ -126,7 +128,9 @@ def add_tus_routes(bp: Blueprint, prefix: str, owner: Owner, endpoint: str) -> N
             now=now(),
         )
         db().commit()
-        location = url_for(f"{bp.name}.{endpoint}_upload", upload_id=upload.id, _external=False)
+        location = url_for(
+            f"{bp.name}.{endpoint}_upload", **(request.view_args or {}), upload_id=upload.id
+        )
         return Response(status=201, headers=_headers({"Location": location, "Upload-Offset": "0"}))
 
     def head(upload_id: str) -> Response:
@@ -170,7 +174,7 @@ def add_tus_routes(bp: Blueprint, prefix: str, owner: Owner, endpoint: str) -> N
         db().commit()
         return Response(status=204, headers=_headers())
 
-    def one(upload_id: str) -> Response:
+    def one(upload_id: str, **_: str) -> Response:
         method = request.method
         if method == "HEAD":
             return head(upload_id)
@@ -178,7 +182,7 @@ def add_tus_routes(bp: Blueprint, prefix: str, owner: Owner, endpoint: str) -> N
             return patch(upload_id)
         return delete(upload_id)
 
-    def collection() -> Response:
+    def collection(**_: str) -> Response:
         return options() if request.method == "OPTIONS" else create()
 
     bp.add_url_rule(

@@ -19,12 +19,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from securex.accounts.models import Tenant
 from securex.db import reading, transaction
-from securex.errors import Conflict, Gone, Locked, NotFound, PayloadTooLarge, ValidationFailed
+from securex.errors import (
+    Conflict,
+    Gone,
+    Locked,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+    ValidationFailed,
+)
 from securex.exchange.models import Upload
 from securex.vault import Vault
 from securex.vault.columns import column_keys
@@ -32,9 +40,11 @@ from securex.vault.upload import UploadConflict, UploadState, UploadTooLong
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination"
-LEASE = timedelta(minutes=2)
-CHECKPOINT_BYTES = 32 * 2**20
+LEASE = timedelta(minutes=5)  # renewed at each checkpoint (8 MiB)
+CHECKPOINT_BYTES = 8 * 2**20
 MAX_NAME = 255
+# Unfinished or unattached uploads one uploader may have (a deposit link's holder too).
+MAX_PENDING = 100
 
 
 @dataclass(frozen=True)
@@ -96,6 +106,14 @@ def create(
     if length > max_bytes:
         raise PayloadTooLarge(
             f"Fichier trop volumineux : {length} octets, au plus {max_bytes} sur cette plateforme."
+        )
+    pending = db.scalar(
+        select(func.count(Upload.id)).where(Upload.owner == owner, Upload.used_at.is_(None))
+    )
+    if (pending or 0) >= MAX_PENDING:
+        raise RateLimited(
+            f"Déjà {MAX_PENDING} téléversements en attente : envoyez-les ou attendez "
+            "qu'ils expirent avant d'en commencer d'autres."
         )
     name = clean_name(metadata.get("filename") or metadata.get("name") or "")
     media_type = (metadata.get("filetype") or metadata.get("type") or "")[:100]
@@ -255,6 +273,9 @@ def take(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime
             errors=[{"field": "files", "message": "téléversement incomplet"}],
         )
     row.used_at = now
+    # The state holds the file's wrapped key: once the file belongs to a pli, the vault
+    # object's row is the only copy, so that shredding it destroys the key.
+    row.state = b""
     return row
 
 

@@ -60,7 +60,7 @@ from securex.errors import (
 from securex.exchange import forms, mailer, service, uploads
 from securex.exchange.models import Pli, PliStatus, Recipient, ScanStatus
 from securex.exchange.tus import add_tus_routes
-from securex.mail import MailError
+from securex.mail import MailError, MailSettings
 from securex.vault.columns import column_keys
 from securex.vault.errors import IntegrityError
 from securex.web import roles
@@ -634,6 +634,7 @@ def detail(pli_id: int) -> Any:
         incoming=view.direction == service.INCOMING,
         downloadable=_staff_downloadable(pli),
         action=forms.ActionForm(),
+        mail_enabled=MailSettings.from_settings(state().settings, os.environ).enabled,
     )
 
 
@@ -1078,6 +1079,9 @@ def _pli_page(
         can_reply=pli.direction == service.OUTGOING and pli.sender_user_id is not None,
         form=form or forms.ReplyForm(formdata=None),
         form_limit=size_fr(_policy().form_max_bytes),
+        file_limit=size_fr(_policy().max_file_bytes),
+        max_file_bytes=_policy().max_file_bytes,
+        chunk_bytes=CHUNK_BYTES,
         replied=request.args.get("reponse") == "envoyee",
     ), status
 
@@ -1091,6 +1095,33 @@ def pli(token: str) -> Any:
     return _pli_page(access, token)
 
 
+def _uploaded() -> list[service.FileInput]:
+    """The files a form's script already sent by resumable upload (their ids)."""
+    ids = [u for u in request.form.getlist("uploads") if u][: service.MAX_FILES]
+    return [service.FileInput(upload_id=u) for u in ids]
+
+
+def _reply_owner() -> tuple[Tenant, str]:
+    """A recipient who opened the pli uploads the files of a reply."""
+    token = (request.view_args or {})["token"]
+    access = service.with_access(db(), token, request.cookies.get(service.ACCESS_COOKIE), now=now())
+    tenant = db().get(Tenant, access.pli.tenant_id)
+    assert tenant is not None
+    return tenant, f"recipient:{access.recipient.id}"
+
+
+def _deposit_owner() -> tuple[Tenant, str]:
+    """Whoever holds a deposit link uploads the files of their deposit."""
+    found = service.deposit_by_token(db(), (request.view_args or {})["token"], now=now())
+    tenant = db().get(Tenant, found.tenant_id)
+    assert tenant is not None
+    return tenant, f"deposit:{found.id}"
+
+
+add_tus_routes(public_bp, "/plis/d/<token>/televersements", _reply_owner, "reply")
+add_tus_routes(public_bp, "/depot/<token>/televersements", _deposit_owner, "deposit")
+
+
 @public_bp.post("/plis/d/<token>/repondre")
 def reply(token: str) -> Any:
     try:
@@ -1098,7 +1129,7 @@ def reply(token: str) -> Any:
     except Forbidden:
         return _to_landing(token)
     form = forms.ReplyForm()
-    files = _form_files()
+    files = _form_files() + _uploaded()
     if form.validate():
         try:
             service.reply(
@@ -1183,7 +1214,7 @@ def deposit(token: str) -> Any:
     status = 200
     if request.method == "POST":
         status = 422
-        files = _form_files()
+        files = _form_files() + _uploaded()
         if form.validate():
             try:
                 pli = service.use_deposit(
@@ -1219,4 +1250,7 @@ def deposit(token: str) -> Any:
         token=token,
         form=form,
         form_limit=size_fr(_policy().form_max_bytes),
+        file_limit=size_fr(_policy().max_file_bytes),
+        max_file_bytes=_policy().max_file_bytes,
+        chunk_bytes=CHUNK_BYTES,
     ), status
