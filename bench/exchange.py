@@ -10,17 +10,16 @@ Builds a throwaway instance with the real commands (SQLite, the `file` master ke
 personal `sxp_` token). Starts an SMTP server in this process (aiosmtpd,
 `tests/smtp.py`) and points `[mail]` at it. Starts the server, bench/_exchange_app.py:
 securex's application run by gunicorn with `securex serve`'s own options and runner
-(--workers sync workers, `[jobs] in_process`), on a free loopback port, plus two
+(--workers threaded workers, `[jobs] in_process`), on a free loopback port, plus two
 bench-only routes that move bytes with no encryption (`PUT` and `GET
 /bench/plain/<name>`: 256 KiB reads of the body, a plain file on the same disk as the
 vault's blobs, fsynced at the end; read back 1 MiB at a time). Waits for /readyz.
 
-The client is this script (`http.client`, one connection per request, as gunicorn's
-sync workers close it after each response). The data: 16 MiB of `os.urandom`, made
-once and cycled up to --size, sent 1 MiB at a time with a Content-Length; its SHA-256
-is computed once beforehand. The client shares the machine's cores with the server.
-A warm-up (a plain upload and download, not counted) comes first; then each round
-measures, in this order:
+The client is this script (`http.client`, one connection per request). The data: 16
+MiB of `os.urandom`, made once and cycled up to --size, sent 1 MiB at a time with a
+Content-Length; its SHA-256 is computed once beforehand. The client shares the
+machine's cores with the server. A warm-up (a plain upload and download, not
+counted) comes first; then each round measures, in this order:
 1. plain upload: `PUT /bench/plain/<name>` of --size bytes, from the first byte sent
    to the answer (201, after the server's fsync);
 2. plain download: `GET /bench/plain/<name>`, from the request to the last byte, the
@@ -193,9 +192,8 @@ def call(
                 response = conn.getresponse()
             except (OSError, http.client.HTTPException):
                 raise SystemExit(
-                    f"{method} {path}: the connection broke while sending ({exc}). A sync "
-                    "worker is killed when one request lasts longer than gunicorn's "
-                    "timeout (120 s): see the server's log below."
+                    f"{method} {path}: the connection broke while sending ({exc}): see the "
+                    "server's log below."
                 ) from None
             raise SystemExit(
                 f"{method} {path}: {response.status} {response.read()[:500]!r}"
@@ -714,7 +712,7 @@ def main() -> None:
         idle = memory.idle()
         print(
             f"securex exchange over HTTP: gunicorn with `securex serve`'s options, "
-            f"{args.workers} sync workers, SQLite; {os.cpu_count()} cores ({cpu()}) shared "
+            f"{args.workers} threaded workers, SQLite; {os.cpu_count()} cores ({cpu()}) shared "
             f"with the client; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC"
         )
         print(

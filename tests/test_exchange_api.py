@@ -478,3 +478,44 @@ def test_a_recipient_with_a_key_receives_files_encrypted_to_it(
     clear = gpg.decrypt(encrypted)
     assert clear.ok, clear.status
     assert clear.data == content
+
+
+def test_a_key_expired_before_preparation_does_not_hold_the_pli(
+    world, client, runtime, factory, vault, tmp_path, clock, smtp
+):
+    """The key was valid when the pli was sent, has expired when the job prepares it:
+    that recipient gets the files like any other one (protected by the code)."""
+    from securex.exchange.openpgp import OpenPgp
+
+    home = tmp_path / "recipient-gnupg"
+    home.mkdir(mode=0o700)
+    gpg = gnupg.GPG(gnupghome=str(home))
+    expiry = (clock() + timedelta(days=1)).date().isoformat()
+    key = gpg.gen_key(
+        gpg.gen_key_input(
+            key_type="RSA",
+            key_length=2048,
+            name_email="notaire@etude.example.fr",
+            no_protection=True,
+            expire_date=expiry,
+        )
+    )
+    armored = gpg.export_keys(key.fingerprint)
+    inspect_home = tmp_path / "inspect"
+    inspect_home.mkdir(mode=0o700)
+    public = OpenPgp(inspect_home, clock=clock).inspect(armored)
+    with transaction(factory) as db:
+        user = db.get(accounts.User, world["agent"].id)
+        service.register_key(
+            db, vault, user, "notaire@etude.example.fr", public, armored, now=clock()
+        )
+    body = send(client, world["token"], recipients=["notaire@etude.example.fr"]).get_json()
+    assert body["recipients"][0]["openpgp"] is True
+    clock.advance(days=2)
+    run_pending(runtime)
+    followed = client.get(f"/api/v1/sends/{body['id']}", headers=auth(world["token"])).get_json()
+    assert followed["status"] == "sent"
+    assert followed["recipients"][0]["openpgp"] is False
+    assert followed["recipients"][0]["notified_at"] is not None
+    with factory() as db:
+        assert db.scalar(select(func.count(PgpCopy.id))) == 0

@@ -236,19 +236,27 @@ def _pgp_copies(rt: Runtime, pli_id: int) -> None:
         return
     home = Path(tempfile.mkdtemp(prefix="securex-gpg-", dir=_ram_dir()))
     try:
-        gpg = OpenPgp(home)
-        for armored in keys.values():
-            gpg.import_key(armored)
+        gpg = OpenPgp(home, clock=rt.clock)
+        usable = set()
+        for fingerprint, armored in keys.items():
+            try:
+                gpg.import_key(armored)
+                usable.add(fingerprint)
+            except KeyRefused:
+                log.warning("pli %s: an OpenPGP key is refused now (expired, revoked)", pli_id)
         for recipient_id, fingerprint in wanted:
             assert fingerprint is not None
+            if fingerprint not in usable:
+                # Expired or revoked since it was registered: this recipient gets the
+                # files as every other one does, protected by the code.
+                _drop_key(rt, recipient_id)
+                continue
             for file_id, object_id in files:
-                if (recipient_id, file_id) in have or fingerprint not in keys:
+                if (recipient_id, file_id) in have:
                     continue
                 try:
                     encrypted = gpg.encrypt(fingerprint, _plain(rt, insee, object_id))
                 except (KeyRefused, NotFound):
-                    # Expired or revoked since it was registered: this recipient gets
-                    # the files as every other one does, protected by the code.
                     log.warning("pli %s: OpenPGP key refused, sent without it", pli_id)
                     _drop_key(rt, recipient_id)
                     break
