@@ -152,6 +152,25 @@ def app(settings: Settings, clock: Clock) -> Iterator[Any]:
 
 
 @pytest.fixture
+def smtp() -> Iterator[Any]:
+    """A real SMTP server (aiosmtpd) keeping what it receives: tests/smtp.py."""
+    from tests.smtp import SmtpServer
+
+    with SmtpServer() as server:
+        yield server
+
+
+@pytest.fixture
+def mail_app(demo_pki: Any, settings: Settings, clock: Clock, smtp: Any) -> Iterator[Any]:
+    """The application sending its mail to the test's SMTP server (a module whose
+    tests read mail defines `app` as this one)."""
+    settings.values["mail"].update(smtp.mail_settings())
+    application = create_app({"TESTING": True}, settings=settings, clock=clock)
+    yield application
+    application.extensions["securex"].engine.dispose()
+
+
+@pytest.fixture
 def client(app: Any) -> Any:
     return app.test_client()
 

@@ -20,7 +20,6 @@ from sqlalchemy import func, select, text
 
 from securex.accounts.models import RateLimit, Tenant
 from securex.accounts.service import Actor
-from securex.app import create_app
 from securex.audit.models import AuditEvent
 from securex.comedec import service as comedec
 from securex.comedec.models import ActRequest, CommuneSettings
@@ -53,18 +52,8 @@ PDF = b"%PDF-1.7\n% livret de famille\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\
 
 
 @pytest.fixture
-def smtp():
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture
-def app(demo_pki, settings, clock, smtp):
-    """The application sending its mail to the test's SMTP server."""
-    settings.values["mail"].update(smtp.mail_settings())
-    application = create_app({"TESTING": True}, settings=settings, clock=clock)
-    yield application
-    application.extensions["securex"].engine.dispose()
+def app(mail_app):
+    return mail_app
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from sqlalchemy import func, select
 from werkzeug.exceptions import ClientDisconnected
 
 from securex.accounts import service as accounts
-from securex.app import create_app
 from securex.audit.models import AuditEvent
 from securex.db import transaction
 from securex.errors import Gone
@@ -28,7 +27,6 @@ from securex.exchange.models import PgpCopy, Pli, PliFile, Recipient, Upload
 from securex.jobs.service import run_pending
 from securex.vault.models import VaultObject
 from tests.clamd import EICAR, REPORTED, clamd_socket_fixture  # noqa: F401
-from tests.smtp import SmtpServer
 
 ADMIN = accounts.Actor("test")
 LINK = re.compile(r"/plis/d/([A-Za-z0-9_-]{40,})")
@@ -36,17 +34,8 @@ TUS = {"Tus-Resumable": "1.0.0"}
 
 
 @pytest.fixture
-def smtp():
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture
-def app(demo_pki, settings, clock, smtp):
-    settings.values["mail"].update(smtp.mail_settings())
-    application = create_app({"TESTING": True}, settings=settings, clock=clock)
-    yield application
-    application.extensions["securex"].engine.dispose()
+def app(mail_app):
+    return mail_app
 
 
 @pytest.fixture

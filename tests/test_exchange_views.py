@@ -36,14 +36,12 @@ from werkzeug.serving import make_server
 from werkzeug.test import encode_multipart
 
 from securex.accounts.models import User
-from securex.app import create_app
 from securex.audit.models import AuditEvent
 from securex.db import transaction
 from securex.exchange import service, views
 from securex.exchange.models import Download, PliFile, Recipient
 from securex.jobs.service import run_pending
 from securex.vault.models import VaultObject
-from securex.web import register
 from tests.conftest import csrf_token
 from tests.smtp import SmtpServer
 from tests.test_login import login
@@ -58,21 +56,8 @@ BIG = 5 * 2**20 // 2  # more than a vault segment (1 MiB)
 
 
 @pytest.fixture
-def smtp():
-    with SmtpServer() as server:
-        yield server
-
-
-@pytest.fixture
-def app(demo_pki, settings, clock, smtp):
-    """The application sending its mail to the test's SMTP server, with the recipients'
-    pages registered (`securex.app` registers `views.public_bp` beside `views.bp`)."""
-    settings.values["mail"].update(smtp.mail_settings())
-    application = create_app({"TESTING": True}, settings=settings, clock=clock)
-    if "exchange_public" not in application.blueprints:
-        register(application, views.public_bp)
-    yield application
-    application.extensions["securex"].engine.dispose()
+def app(mail_app):
+    return mail_app
 
 
 @pytest.fixture
