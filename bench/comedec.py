@@ -50,7 +50,6 @@ import os
 import pstats
 import random
 import shutil
-import signal
 import socket
 import sqlite3
 import statistics
@@ -63,6 +62,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from _server import stop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -321,20 +322,6 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
         if time.monotonic() > deadline or proc.poll() is not None:
             raise SystemExit("securex serve did not start:\n" + log.read_text(errors="replace"))
         time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """The server and its gunicorn workers: the process group this script started."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 # --- phases -------------------------------------------------------------------------

@@ -70,7 +70,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -87,6 +86,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _server import stop  # noqa: E402 (bench/ is this script's folder on sys.path)
 
 from tests.smtp import SmtpServer  # noqa: E402 (needs the repository on sys.path)
 
@@ -242,20 +243,6 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
         if time.monotonic() > deadline or proc.poll() is not None:
             raise SystemExit("the server did not start:\n" + log.read_text(errors="replace"))
         time.sleep(0.2)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """The server and its gunicorn workers: the process group this script started."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 # --- memory -------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Resumable uploads through the real server (`securex serve`, gunicorn): a client whose
 connection drops at 80 % of a PATCH finds, with HEAD, everything that arrived kept,
-and finishes from there; the file sent is then exactly the one uploaded."""
+and finishes from there; the file sent is then exactly the one uploaded. And a
+transfer may last longer than gunicorn's timeout (3 s here): only a worker that stops
+answering is restarted, never a slow but healthy request."""
 
 from __future__ import annotations
 
@@ -13,7 +15,16 @@ import socket
 import subprocess
 import time
 
+import pytest
+
 from tests.test_serve import SECUREX, server  # noqa: F401 (the fixture)
+
+TIMEOUT = 3
+
+
+@pytest.fixture
+def server_env() -> dict[str, str]:
+    return {"SECUREX_SERVER_TIMEOUT": str(TIMEOUT)}
 
 
 def _token(base_env: dict[str, str], email: str) -> str:
@@ -119,3 +130,41 @@ def test_a_dropped_connection_resumes_where_it_stopped(server, tmp_path, databas
             break
         time.sleep(0.2)
     assert sha == hashlib.sha256(content).hexdigest()
+
+
+def test_a_slow_upload_outlasts_the_servers_timeout(server, tmp_path, database_url):  # noqa: F811
+    base, creds = server
+    port = int(base.rsplit(":", 1)[1])
+    agent = next(u for u in creds["users"] if u["role"] == "agent")
+    env = {
+        **os.environ,
+        "SECUREX_INSTANCE": str(tmp_path / "inst"),
+        "SECUREX_DATABASE_URL": database_url,
+    }
+    token = _token(env, agent["email"])
+    piece, pieces = 256 * 1024, 12
+    status, headers, _ = _request(
+        port, "POST", "/api/v1/uploads", token, **{"Upload-Length": str(piece * pieces)}
+    )
+    assert status == 201
+    location = headers["Location"]
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.putrequest("PATCH", location)
+    for name, value in {
+        "Authorization": f"Bearer {token}",
+        "Tus-Resumable": "1.0.0",
+        "Upload-Offset": "0",
+        "Content-Type": "application/offset+octet-stream",
+        "Content-Length": str(piece * pieces),
+    }.items():
+        conn.putheader(name, value)
+    conn.endheaders()
+    started = time.monotonic()
+    for _ in range(pieces):  # about 6 s: twice the timeout
+        conn.send(os.urandom(piece))
+        time.sleep(0.5)
+    response = conn.getresponse()
+    assert time.monotonic() - started > 2 * TIMEOUT
+    assert response.status == 204
+    assert response.getheader("Upload-Offset") == str(piece * pieces)
+    conn.close()

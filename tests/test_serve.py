@@ -42,11 +42,18 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(tmp_path, database_url):
+def server_env() -> dict[str, str]:
+    """Settings given to the server through its environment (a module overrides it)."""
+    return {}
+
+
+@pytest.fixture
+def server(tmp_path, database_url, server_env):
     env = {
         **os.environ,
         "SECUREX_INSTANCE": str(tmp_path / "inst"),
         "SECUREX_DATABASE_URL": database_url,
+        **server_env,
     }
     subprocess.run([SECUREX, "init", "--demo"], env=env, check=True, capture_output=True)
     port = free_port()
