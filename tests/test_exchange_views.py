@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from werkzeug.datastructures import FileStorage, MultiDict
 from werkzeug.serving import make_server
 from werkzeug.test import encode_multipart
@@ -300,6 +300,12 @@ def test_a_client_that_goes_away_leaves_an_unfinished_download(
     assert response.status_code == 200
     first = next(iter(response.response))
     assert first
+    # Mid-download, others write as usual: the body holds no transaction (on SQLite,
+    # one would hold the write lock for as long as the recipient takes).
+    started = time.monotonic()
+    with transaction(factory) as db:
+        db.execute(update(Recipient).values(tries=0))
+    assert time.monotonic() - started < 5
     response.close()  # the client hangs up
     with factory() as db:
         ((completed_at, sent),) = db.execute(select(Download.completed_at, Download.bytes_sent))
@@ -370,6 +376,24 @@ def test_downloads_stop_at_the_limit_the_sender_chose(world, app, clock, runtime
     again = recipient.get(url)
     assert again.status_code == 403
     assert "Nombre de téléchargements atteint (1)" in text(again)
+    assert recipient.get(f"{link}/tout.zip").status_code == 403  # a zip holds that file too
+
+
+def test_ranges_that_stop_short_still_count_against_the_limit(world, app, clock, runtime, smtp):
+    _, _, link = sent_and_notified(
+        app, world, clock, runtime, smtp, download_limit="1", files=[(PDF, "acte.pdf")]
+    )
+    recipient = app.test_client()
+    open_pli(recipient, smtp, link)
+    (url,) = re.findall(
+        rf'href="({re.escape(link)}/fichiers/\d+)"', text(recipient.get(f"{link}/pli"))
+    )
+    short = f"bytes=0-{len(PDF) - 2}"  # never the last byte: never a completed download
+    assert recipient.get(url, headers={"Range": short}).status_code == 206
+    assert recipient.get(url, headers={"Range": short}).status_code == 206
+    # limit × size bytes are out (more than the file): no more, whole or in ranges.
+    assert recipient.get(url, headers={"Range": short}).status_code == 403
+    assert recipient.get(url, headers={"Range": "bytes=-1"}).status_code == 403
 
 
 def test_revoking_a_pli_shreds_its_files_and_closes_its_links(

@@ -260,8 +260,17 @@ def _pgp_copies(rt: Runtime, pli_id: int) -> None:
                     log.warning("pli %s: OpenPGP key refused, sent without it", pli_id)
                     _drop_key(rt, recipient_id)
                     break
+                with rt.sessions() as db:
+                    reading(db)  # only the tenant's key: no write lock while gpg runs
+                    obj = rt.vault.write(db, insee, IterReader(encrypted), now=rt.clock())
                 with transaction(rt.sessions) as db:
-                    obj = rt.vault.put(db, insee, IterReader(encrypted), now=rt.clock())
+                    pli = db.scalar(select(Pli).where(Pli.id == pli_id).with_for_update())
+                    db.add(obj)
+                    db.flush()
+                    if pli is None or pli.purged_at is not None:
+                        # Revoked or purged while gpg ran: this copy goes at once too.
+                        rt.vault.shred(db, insee, obj.id, now=rt.clock(), actor="system:exchange")
+                        continue
                     db.add(
                         PgpCopy(
                             file_id=file_id,
@@ -331,6 +340,8 @@ def _notify(rt: Runtime, pli_id: int) -> bool:
             rcpt = db.get(Recipient, recipient_id)
             pli = db.get(Pli, pli_id)
             assert rcpt is not None and pli is not None
+            if pli.status != PliStatus.SENT:
+                return True  # revoked (or purged) meanwhile: nobody more is told
             tenant = db.get(Tenant, pli.tenant_id)
             assert tenant is not None
             with column_keys(db, rt.vault.keyring, tenant.insee):
@@ -522,9 +533,17 @@ def purge(rt: Runtime) -> int:
         gone = service.purge_expired(db, rt.vault, now=rt.clock())
         uploads.expire(db, rt.vault, now=rt.clock())
     _remove_blobs(rt, gone)
-    # Parts no row knows of any more (a crash between the part and its row).
-    rt.vault.gc_uploads(grace_seconds=(policy(rt).upload_hours + 1) * 3600)
     return len(gone)
+
+
+@periodic("exchange.gc", timedelta(hours=1))
+def collect(rt: Runtime) -> None:
+    """Parts no row knows of any more (a crash between the part and its row), and blobs
+    whose row never came (a refused send) or was shredded (expired uploads)."""
+    rt.vault.gc_uploads(grace_seconds=(policy(rt).upload_hours + 1) * 3600)
+    with rt.sessions() as db:
+        reading(db)
+        rt.vault.gc(db)
 
 
 @periodic("exchange.reminders", timedelta(minutes=15))

@@ -235,6 +235,7 @@ def _store_files(
         if item.upload_id is not None:
             row = uploads.take(db, vault, item.upload_id, owner, now=now)
             upload_meta = json.loads(row.meta)
+            row.meta = "{}"  # the name now lives with the pli's file only
             name, media_type, object_id, size = (
                 upload_meta["name"],
                 upload_meta["type"],
@@ -250,7 +251,7 @@ def _store_files(
             obj = vault.put(db, tenant.insee, io.BytesIO(content), now=now)
             name, media_type, object_id, size = (
                 uploads.clean_name(item.name),
-                item.media_type or "application/octet-stream",
+                uploads.clean_media_type(item.media_type),
                 obj.id,
                 obj.size,
             )
@@ -815,27 +816,14 @@ def start_download(
         items = [s for s in items if s.file_id == file_id]
         if not items:
             raise NotFound("Fichier introuvable dans ce pli.")
-    done = db.scalar(
-        select(func.count(Download.id)).where(
-            Download.recipient_id == access.recipient.id,
-            Download.file_id.is_(None) if file_id is None else Download.file_id == file_id,
-            Download.completed_at.is_not(None),
-        )
-    )
-    started = db.scalar(
-        select(func.count(Download.id)).where(
-            Download.recipient_id == access.recipient.id,
-            Download.file_id.is_(None) if file_id is None else Download.file_id == file_id,
-        )
-    )
     limit = access.pli.download_limit
-    # Resumed downloads (a Range) do not count as new ones, but the number of starts is
-    # bounded too, so that ranges cannot fetch a file indefinitely.
-    if (done or 0) >= limit or (started or 0) >= 20 * limit:
-        raise Forbidden(
-            f"Nombre de téléchargements atteint ({limit}) : demandez à l'expéditeur de vous "
-            "renvoyer le pli."
-        )
+    # A zip is a download of each of its files too; ranges count by the bytes they
+    # send (limit × size in all), and starts are bounded, so that neither partial
+    # ranges nor parallel downloads go past the limit.
+    for item in items:
+        _within_limit(db, access.recipient.id, item.file_id, item.size, limit)
+    if file_id is None:
+        _within_limit(db, access.recipient.id, None, None, limit)
     insee = _tenant(db, access.pli.tenant_id).insee
     with column_keys(db, vault.keyring, insee):
         row = Download(
@@ -859,6 +847,34 @@ def start_download(
         now=now,
     )
     return row.id, items
+
+
+def _within_limit(
+    db: Session, recipient_id: int, file_id: int | None, size: int | None, limit: int
+) -> None:
+    rows = select(Download).where(Download.recipient_id == recipient_id)
+    own = rows.where(Download.file_id.is_(None) if file_id is None else Download.file_id == file_id)
+    done = db.scalar(
+        select(func.count()).select_from(own.where(Download.completed_at.is_not(None)).subquery())
+    )
+    started = db.scalar(select(func.count()).select_from(own.subquery()))
+    served = 0
+    if size is not None:
+        zips = rows.where(Download.file_id.is_(None), Download.completed_at.is_not(None))
+        done = (done or 0) + (db.scalar(select(func.count()).select_from(zips.subquery())) or 0)
+        served = (
+            db.scalar(
+                select(func.coalesce(func.sum(Download.bytes_sent), 0)).where(
+                    Download.recipient_id == recipient_id, Download.file_id == file_id
+                )
+            )
+            or 0
+        )
+    if (done or 0) >= limit or (started or 0) >= 20 * limit or (size and served >= limit * size):
+        raise Forbidden(
+            f"Nombre de téléchargements atteint ({limit}) : demandez à l'expéditeur de vous "
+            "renvoyer le pli."
+        )
 
 
 def finish_download(
@@ -981,6 +997,10 @@ def _shred(db: Session, vault: Vault, pli: Pli, actor: str, now: datetime) -> li
         content = json.loads(pli.content)
         content["message"] = ""  # the content goes with the files; the subject stays
         pli.content = json.dumps(content)
+        for f in files_of(db, pli):  # names often name people: only their number stays
+            meta = _meta(f)
+            meta["name"] = f"fichier {f.position + 1} (détruit)"
+            f.meta = json.dumps(meta)
         db.flush()
     for rcpt in recipients_of(db, pli):
         rcpt.access_hash = None
@@ -1349,7 +1369,7 @@ def register_key(
         actor=str(Actor.for_user(user)),
         subject=f"pgp-key:{row.id}",
         tenant=tenant.insee,
-        details={"fingerprint": key.fingerprint},
+        details={"key": row.id},
         now=now,
     )
     return row

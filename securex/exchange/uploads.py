@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ CHECKPOINT_BYTES = 8 * 2**20
 MAX_NAME = 255
 # Unfinished or unattached uploads one uploader may have (a deposit link's holder too).
 MAX_PENDING = 100
+# … and their bytes, in largest files: what a deposit link's holder can fill on disk.
+PENDING_FILES = 2
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,16 @@ def clean_name(name: str) -> str:
     return name[:MAX_NAME] or "fichier"
 
 
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]{0,126}/[\w.+-]{1,127}", re.ASCII)
+
+
+def clean_media_type(value: str) -> str:
+    """A media type fit for a Content-Type header (ASCII `type/subtype`), else the
+    generic one: what a client claims is never trusted further than that."""
+    value = (value or "").split(";", 1)[0].strip().lower()
+    return value if _MEDIA_TYPE.fullmatch(value) else "application/octet-stream"
+
+
 def _view(row: Upload) -> UploadView:
     meta = json.loads(row.meta)
     return UploadView(
@@ -107,17 +120,18 @@ def create(
         raise PayloadTooLarge(
             f"Fichier trop volumineux : {length} octets, au plus {max_bytes} sur cette plateforme."
         )
-    pending = db.scalar(
-        select(func.count(Upload.id)).where(Upload.owner == owner, Upload.used_at.is_(None))
-    )
-    if (pending or 0) >= MAX_PENDING:
+    pending, pending_bytes = db.execute(
+        select(func.count(Upload.id), func.coalesce(func.sum(Upload.length), 0)).where(
+            Upload.owner == owner, Upload.used_at.is_(None)
+        )
+    ).one()
+    if pending >= MAX_PENDING or pending_bytes + length > PENDING_FILES * max_bytes:
         raise RateLimited(
-            f"Déjà {MAX_PENDING} téléversements en attente : envoyez-les ou attendez "
-            "qu'ils expirent avant d'en commencer d'autres."
+            "Trop de téléversements en attente (en nombre ou en taille) : envoyez-les ou "
+            "attendez qu'ils expirent avant d'en commencer d'autres."
         )
     name = clean_name(metadata.get("filename") or metadata.get("name") or "")
-    media_type = (metadata.get("filetype") or metadata.get("type") or "")[:100]
-    media_type = media_type or "application/octet-stream"
+    media_type = clean_media_type(metadata.get("filetype") or metadata.get("type") or "")
     state = vault.begin_upload(db, tenant.insee, length)
     with column_keys(db, vault.keyring, tenant.insee):
         row = Upload(
@@ -186,16 +200,26 @@ def append(
             update(Upload)
             .where(
                 Upload.id == upload_id,
+                Upload.offset == offset,  # as read above: nobody wrote in between
+                Upload.completed_at.is_(None),
                 or_(Upload.lease.is_(None), Upload.lease_until < now),
             )
             .values(lease=lease, lease_until=now + LEASE)
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
+            current = db.scalar(select(Upload.offset).where(Upload.id == upload_id))
+            if current != offset:
+                raise Conflict(
+                    f"Le fichier a avancé entre-temps : reprenez à {current}.", offset=current
+                )
             raise Locked(
                 "Ce fichier est en cours de téléversement par une autre connexion : "
                 "réessayez dans un instant."
             )
-        state = UploadState.from_json(row.state.decode())
+        # The state as the lease holder sees it (not as read before taking the lease).
+        raw = db.scalar(select(Upload.state).where(Upload.id == upload_id))
+        assert raw is not None
+        state = UploadState.from_json(raw.decode())
         insee = _insee(db, row)
 
     def save(new: UploadState, *, final: bool) -> None:

@@ -46,7 +46,7 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from securex.accounts.models import Role, Tenant
 from securex.audit import EventType, record
-from securex.db import transaction
+from securex.db import reading, transaction
 from securex.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -89,7 +89,6 @@ SCAN_LABELS = {
     ScanStatus.TOO_LARGE: "trop volumineux pour l'antivirus",
 }
 UNITS = ("Ko", "Mo", "Go", "To")
-_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+")
 _RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
 
 
@@ -275,11 +274,6 @@ def disposition(name: str) -> str:
     return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
-def _media_type(value: str) -> str:
-    """The type a file was given when it was sent, if it is a plain media type."""
-    return value if _MEDIA_TYPE.fullmatch(value or "") else "application/octet-stream"
-
-
 def _download_headers(name: str) -> dict[str, str]:
     return {
         "Content-Disposition": disposition(name),
@@ -300,12 +294,7 @@ def _file_body(
     """The plaintext of bytes first..last, read from the vault as the client takes it,
     in a session that ends with the body. `finish(sent, complete)` is called when the
     body ends: complete when the last byte of the file went out."""
-    session = st.sessions()
-    try:
-        chunks = st.vault.reader(session, item.tenant, item.object_id, start=first)
-    except BaseException:
-        session.close()
-        raise
+    chunks = _reader(st, item, first)
     length = last - first + 1
     to_end = last == item.size - 1
 
@@ -323,11 +312,19 @@ def _file_body(
             log.error("object %s: damaged, download %s cut", item.object_id, item.file_id)
         finally:
             _close(chunks)
-            session.close()
             if finish is not None:
                 finish(sent, to_end and sent == length)
 
     return body()
+
+
+def _reader(st: AppState, item: service.Servable, start: int = 0) -> Iterator[bytes]:
+    """The object's plaintext from `start`. The session only unwraps the key (a read,
+    no write lock on SQLite) and is closed before the first byte is read: no
+    transaction lasts as long as a download."""
+    with st.sessions() as session:
+        reading(session)
+        return st.vault.reader(session, item.tenant, item.object_id, start=start)
 
 
 class _Sink(io.RawIOBase):
@@ -377,7 +374,6 @@ def _zip_body(
 ) -> Iterator[bytes]:
     """Every file in a ZIP archive (stored, not compressed: files are mostly PDFs and
     images already), streamed; `finish(sent, complete)` when the body ends."""
-    session = st.sessions()
     stamp = st.clock().astimezone(ZoneInfo(str(st.settings["timezone"]))).timetuple()[:6]
     names = unique_names([item.name for item in items])
 
@@ -391,7 +387,7 @@ def _zip_body(
                     info.compress_type = zipfile.ZIP_STORED
                     info.file_size = item.size  # zip64 headers when it needs them
                     info.external_attr = 0o644 << 16
-                    chunks = st.vault.reader(session, item.tenant, item.object_id)
+                    chunks = _reader(st, item)
                     try:
                         with archive.open(info, "w") as entry:
                             for chunk in chunks:
@@ -408,7 +404,6 @@ def _zip_body(
         except IntegrityError:
             log.error("archive of %d files cut: a damaged object", len(items))
         finally:
-            session.close()
             if finish is not None:
                 finish(sent, done)
 
@@ -454,7 +449,7 @@ def _send_file(
     if wanted is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{item.size}"
     status = 206 if wanted is not None else 200
-    content_type = _media_type(item.media_type)
+    content_type = uploads.clean_media_type(item.media_type)
     if request.method == "HEAD":  # a look at the headers is not a download
         return Response(status=status, headers=headers, content_type=content_type)
     finish = start(first)
@@ -1095,6 +1090,13 @@ def pli(token: str) -> Any:
     return _pli_page(access, token)
 
 
+def _read_body() -> None:
+    """Take in the whole form (its files too) before the first database statement: on
+    SQLite a transaction holds the write lock, and a slow sender must not hold it
+    while the body arrives."""
+    _ = request.form, request.files
+
+
 def _uploaded() -> list[service.FileInput]:
     """The files a form's script already sent by resumable upload (their ids)."""
     ids = [u for u in request.form.getlist("uploads") if u][: service.MAX_FILES]
@@ -1124,6 +1126,7 @@ add_tus_routes(public_bp, "/depot/<token>/televersements", _deposit_owner, "depo
 
 @public_bp.post("/plis/d/<token>/repondre")
 def reply(token: str) -> Any:
+    _read_body()
     try:
         access = _access(token)
     except Forbidden:
@@ -1207,6 +1210,8 @@ def download_all(token: str) -> Any:
 def deposit(token: str) -> Any:
     """Someone without an account sends files to the commune. Opening the link is a
     read; the POST uses it."""
+    if request.method == "POST":
+        _read_body()
     st = state()
     found = service.deposit_by_token(db(), token, now=now())
     content = service.deposit_content(db(), st.vault, found)

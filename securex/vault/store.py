@@ -81,6 +81,24 @@ class Vault:
     ) -> VaultObject:
         """Encrypt `src` into a new object of `tenant`. The row is added to the caller's
         transaction; the blob is complete on disk before the row can be committed."""
+        obj = self.write(db, tenant, src, now=now, segment_size=segment_size)
+        db.add(obj)
+        db.flush()
+        return obj
+
+    def write(
+        self,
+        db: Session,
+        tenant: str,
+        src: BinaryIO,
+        *,
+        now: datetime,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+    ) -> VaultObject:
+        """The blob of a new object and its row, not added to any session: `db` only
+        reads the tenant's key, so a long source (a file being encrypted elsewhere)
+        holds no write transaction; the caller adds the row in a short one. Until
+        then the blob is an orphan that `gc` removes after its grace period."""
         object_id = uuid.uuid4().hex
         version, dek, wrapped = self.keyring.new_data_key(db, tenant, object_id)
         header = new_header(key_id=key_id(tenant), key_version=version, segment_size=segment_size)
@@ -89,7 +107,7 @@ class Vault:
                 src, fh, dek=dek, header=header, tenant=tenant, object_id=object_id
             )
             stored = fh.tell()
-        obj = VaultObject(
+        return VaultObject(
             id=object_id,
             tenant=tenant,
             key_version=version,
@@ -98,9 +116,6 @@ class Vault:
             stored_size=stored,
             created_at=now,
         )
-        db.add(obj)
-        db.flush()
-        return obj
 
     def _live(self, db: Session, tenant: str, object_id: str) -> VaultObject:
         obj = db.get(VaultObject, object_id)

@@ -121,7 +121,8 @@ def _register_errors(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Any:
-        log.exception("unhandled error on %s %s", request.method, request.path)
+        # The endpoint, not the path: paths carry link and deposit tokens.
+        log.exception("unhandled error on %s %s", request.method, request.endpoint)
         if _wants_problem():
             return problem(500, "internal", "Erreur interne", HTTP_MESSAGES[500])
         return _page(500, "Erreur interne", HTTP_MESSAGES[500])
