@@ -80,7 +80,9 @@ def send(client, token: str, **body: Any):
     return client.post("/api/v1/sends", json=payload, headers=auth(token))
 
 
-def test_a_send_notifies_by_mail_with_the_link_and_never_the_code(world, client, runtime, smtp):
+def test_a_send_notifies_by_mail_with_the_link_and_never_the_code(
+    world, client, runtime, smtp, factory
+):
     content = os.urandom(300_000)
     response = send(
         client,
@@ -108,6 +110,9 @@ def test_a_send_notifies_by_mail_with_the_link_and_never_the_code(world, client,
     followed = client.get(f"/api/v1/sends/{body['id']}", headers=auth(world["token"])).get_json()
     assert followed["status"] == "sent"
     assert all(r["notified_at"] for r in followed["recipients"])
+    with factory() as db:  # reading the follow-up is audited
+        last = db.scalars(select(AuditEvent.action).order_by(AuditEvent.id.desc())).first()
+        assert last == "exchange:pli:viewed"
     assert followed["files"][0]["sha256"] == hashlib.sha256(content).hexdigest()
     listed = client.get("/api/v1/sends?limit=5", headers=auth(world["token"])).get_json()
     assert [s["id"] for s in listed["sends"]] == [body["id"]]

@@ -44,7 +44,7 @@ from securex.jobs.service import run_pending
 from securex.vault.models import VaultObject
 from tests.conftest import csrf_token
 from tests.smtp import SmtpServer
-from tests.test_login import login
+from tests.test_login import login, post_code, post_password
 
 MDM = "40192"
 DAX = "40088"
@@ -788,6 +788,24 @@ def test_a_platform_user_opens_a_pli_with_their_account(world, app, clock, runti
     anonymous = text(app.test_client().get(link))
     assert "Se connecter" in anonymous and "Recevoir un code" not in anonymous
     assert app.test_client().post(f"{link}/code").status_code == 403
+
+    # "Se connecter" comes back to the pli after the password and the TOTP code (the
+    # way back names the pli by its number, never the link's token).
+    visitor = app.test_client()
+    login_url = html.unescape(re.search(r'href="(/login\?next=[^"]+)"', anonymous).group(1))
+    assert "/plis/recus/" in login_url and link.rsplit("/", 1)[1] not in login_url
+    visitor.get(login_url)
+    assert post_password(visitor, world["dax"]).headers["Location"].endswith("/login/totp")
+    back = post_code(visitor, world["dax"].code(clock()))
+    assert back.headers["Location"].endswith(f"/plis/recus/{pli_id}")
+    assert visitor.get(back.headers["Location"]).headers["Location"].endswith(link)
+    # Never to another site.
+    clock.advance(seconds=30)
+    elsewhere = app.test_client()
+    elsewhere.get("/login?next=//evil.example/x")
+    post_password(elsewhere, world["dax"])
+    assert post_code(elsewhere, world["dax"].code(clock())).headers["Location"].endswith("/")
+    clock.advance(seconds=30)
 
     dax = browser(app, world["dax"], clock)
     received = text(dax.get("/plis?onglet=recus"))

@@ -7,6 +7,7 @@ import base64
 import io
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import qrcode
 import qrcode.image.svg
@@ -103,20 +104,34 @@ def _clear_pending() -> None:
         session.pop(key, None)
 
 
+def _local_path(target: str | None) -> str | None:
+    """`target` if it is a path of this site (never another host: no open redirect)."""
+    if not target or len(target) > 500 or "\\" in target or not target.startswith("/"):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith("//"):
+        return None
+    return target
+
+
 def _finish_login(user: User, method: str) -> Response:
     service.complete_login(db(), user, now=now(), method=method, policy=state().policy)
     db().commit()
+    target = _local_path(session.pop("next", None))
     _clear_pending()
     session.regenerate()  # type: ignore[attr-defined]
     login_user(user)
     flash(f"Bienvenue, {user.name}.", "success")
-    return redirect(url_for("accounts.dashboard"))
+    # Back where the person was going (a pli's link, a page that asked to log in).
+    return redirect(target or url_for("accounts.dashboard"))
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     if current_user.is_authenticated:
         return redirect(url_for("accounts.dashboard"))
+    if request.method == "GET" and _local_path(request.args.get("next")):
+        session["next"] = request.args["next"]
     form = LoginForm()
     if form.validate_on_submit():
         st = state()

@@ -83,6 +83,7 @@ class EventType(StrEnum):
     PLI_SCANNED = "exchange:pli:scanned"
     PLI_BLOCKED = "exchange:pli:blocked"
     PLI_NOTIFIED = "exchange:pli:notified"
+    PLI_VIEWED = "exchange:pli:viewed"  # by the commune's staff (page or API)
     PLI_OPENED = "exchange:pli:opened"
     PLI_CODE_SENT = "exchange:pli:code-sent"
     PLI_CODE_FAILED = "exchange:pli:code-failed"

@@ -251,9 +251,13 @@ def create_send(body: SendIn) -> tuple[SendOut, int, dict[str, str]]:
     errors=(403, 404),
 )
 def get_send(send_id: int) -> SendOut:
-    """Un pli de la commune du titulaire du jeton (404 pour un autre)."""
-    _sender()
-    return _out(_sent(send_id))
+    """Un pli de la commune du titulaire du jeton (404 pour un autre). Chaque lecture
+    est journalisée."""
+    actor, _ = _sender()
+    pli = _sent(send_id)
+    service.read(db(), state().vault, pli, actor, now=now())
+    db().commit()
+    return _out(pli)
 
 
 @bp.operation(

@@ -486,6 +486,20 @@ def view(db: Session, vault: Vault, pli: Pli, *, with_downloads: bool = True) ->
         )
 
 
+def read(db: Session, vault: Vault, pli: Pli, actor: Actor, *, now: datetime) -> PliView:
+    """The pli as its commune's staff see it (recipients, downloads, addresses): each
+    reading is audited, as reading the registry is. The caller commits."""
+    record(
+        db,
+        EventType.PLI_VIEWED,
+        actor=str(actor),
+        subject=f"pli:{pli.id}",
+        tenant=_tenant(db, pli.tenant_id).insee,
+        now=now,
+    )
+    return view(db, vault, pli)
+
+
 def get_for_staff(db: Session, user: User, pli_id: int) -> Pli:
     """A pli of the user's commune: sent by anyone of it, or received by it."""
     pli = db.get(Pli, pli_id)

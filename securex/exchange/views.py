@@ -555,6 +555,7 @@ def _render_new(
         form_limit=size_fr(policy.form_max_bytes),
         file_limit=size_fr(policy.max_file_bytes),
         chunk_bytes=CHUNK_BYTES,
+        keep_hours=_policy().upload_hours,
     ), status
 
 
@@ -622,7 +623,8 @@ def _staff_pli(pli_id: int) -> Pli:
 @staff
 def detail(pli_id: int) -> Any:
     pli = _staff_pli(pli_id)
-    view = service.view(db(), state().vault, pli)
+    view = service.read(db(), state().vault, pli, roles.actor(), now=now())
+    db().commit()
     return render_template(
         "exchange/detail.html",
         pli=view,
@@ -1077,6 +1079,7 @@ def _pli_page(
         file_limit=size_fr(_policy().max_file_bytes),
         max_file_bytes=_policy().max_file_bytes,
         chunk_bytes=CHUNK_BYTES,
+        keep_hours=_policy().upload_hours,
         replied=request.args.get("reponse") == "envoyee",
     ), status
 
@@ -1258,4 +1261,5 @@ def deposit(token: str) -> Any:
         file_limit=size_fr(_policy().max_file_bytes),
         max_file_bytes=_policy().max_file_bytes,
         chunk_bytes=CHUNK_BYTES,
+        keep_hours=_policy().upload_hours,
     ), status

@@ -18,7 +18,9 @@
 
   var TUS_VERSION = "1.0.0";
   var PREFIX = "securex-tus:";
-  var KEEP_MS = 24 * 3600 * 1000; // the server drops unfinished uploads after a day
+  // How long the server keeps unfinished uploads (`exchange.upload_hours`, which the
+  // form gives in data-tus-keep-hours): a remembered upload older than that is gone.
+  var KEEP_MS = 24 * 3600 * 1000;
   var DELAYS = [1, 2, 4, 8, 15, 30, 30, 30, 60, 60]; // seconds before each new try
 
   function supported() {
@@ -337,8 +339,10 @@
 
   function start() {
     if (!supported()) { return; }
-    sweep();
     var forms = document.querySelectorAll("form[data-tus-endpoint]");
+    var hours = forms.length ? parseInt(forms[0].getAttribute("data-tus-keep-hours"), 10) : 0;
+    if (hours > 0) { KEEP_MS = hours * 3600 * 1000; }
+    sweep();
     Array.prototype.forEach.call(forms, function (form) {
       var uploads = new Uploads(form);
       if (!uploads.input) { return; }
