@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select
@@ -52,6 +52,7 @@ from securex.vault import BlindIndexer, Vault
 from securex.vault.columns import column_keys
 
 PARIS = ZoneInfo("Europe/Paris")
+T = TypeVar("T")
 PREPARE_JOB = "exchange.prepare"
 RECEIPT_JOB = "exchange.receipt"
 MAX_RECIPIENTS = 50
@@ -543,12 +544,17 @@ class Access:
     recipient: Recipient
 
 
+def _by_token(db: Session, model: type[T], digest: Any, token: str, lock: bool) -> T | None:
+    """The row whose digest column holds this token's (links and deposit links)."""
+    if not 20 <= len(token) <= 100:
+        return None
+    stmt = select(model).where(digest == _digest(token))
+    return db.scalar(stmt.with_for_update() if lock else stmt)
+
+
 def by_link(db: Session, token: str, *, now: datetime, lock: bool = False) -> Access:
     """The pli behind a recipient's link; Gone once revoked or expired."""
-    stmt = select(Recipient).where(Recipient.link_hash == _digest(token))
-    if lock:
-        stmt = stmt.with_for_update()
-    rcpt = db.scalar(stmt) if 20 <= len(token) <= 100 else None
+    rcpt = _by_token(db, Recipient, Recipient.link_hash, token, lock)
     if rcpt is None:
         raise NotFound("Ce lien ne correspond à aucun pli.")
     pli = db.get(Pli, rcpt.pli_id)
@@ -1253,10 +1259,7 @@ def create_deposit(
 
 
 def deposit_by_token(db: Session, token: str, *, now: datetime, lock: bool = False) -> Deposit:
-    stmt = select(Deposit).where(Deposit.token_hash == _digest(token))
-    if lock:
-        stmt = stmt.with_for_update()
-    deposit = db.scalar(stmt) if 20 <= len(token) <= 100 else None
+    deposit = _by_token(db, Deposit, Deposit.token_hash, token, lock)
     if deposit is None:
         raise NotFound("Ce lien de dépôt n'existe pas.")
     if deposit.revoked_at is not None or deposit.expires_at <= now or deposit.uses_left <= 0:
