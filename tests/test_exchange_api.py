@@ -9,6 +9,7 @@ import base64
 import hashlib
 import os
 import re
+import subprocess
 from datetime import timedelta
 from typing import Any
 
@@ -427,14 +428,27 @@ def test_an_infected_file_blocks_the_send_and_is_reported(
 # --- OpenPGP ---------------------------------------------------------------------------------
 
 
+@pytest.fixture
+def recipient_gpg(tmp_path):
+    """The recipient's own GnuPG home (keys made and messages read there); the agent
+    that gpg starts for it is stopped afterwards."""
+    home = tmp_path / "recipient-gnupg"
+    home.mkdir(mode=0o700)
+    yield gnupg.GPG(gnupghome=str(home))
+    subprocess.run(
+        ["gpgconf", "--kill", "all"],
+        env={**os.environ, "GNUPGHOME": str(home)},
+        check=False,
+        capture_output=True,
+    )
+
+
 def test_a_recipient_with_a_key_receives_files_encrypted_to_it(
-    world, client, runtime, factory, vault, tmp_path, clock
+    recipient_gpg, world, client, runtime, factory, vault, tmp_path, clock
 ):
     from securex.exchange.openpgp import OpenPgp
 
-    home = tmp_path / "recipient-gnupg"
-    home.mkdir(mode=0o700)
-    gpg = gnupg.GPG(gnupghome=str(home))
+    gpg = recipient_gpg
     key = gpg.gen_key(
         gpg.gen_key_input(
             key_type="RSA",
@@ -475,15 +489,13 @@ def test_a_recipient_with_a_key_receives_files_encrypted_to_it(
 
 
 def test_a_key_expired_before_preparation_does_not_hold_the_pli(
-    world, client, runtime, factory, vault, tmp_path, clock, smtp
+    recipient_gpg, world, client, runtime, factory, vault, tmp_path, clock, smtp
 ):
     """The key was valid when the pli was sent, has expired when the job prepares it:
     that recipient gets the files like any other one (protected by the code)."""
     from securex.exchange.openpgp import OpenPgp
 
-    home = tmp_path / "recipient-gnupg"
-    home.mkdir(mode=0o700)
-    gpg = gnupg.GPG(gnupghome=str(home))
+    gpg = recipient_gpg
     expiry = (clock() + timedelta(days=1)).date().isoformat()
     key = gpg.gen_key(
         gpg.gen_key_input(
