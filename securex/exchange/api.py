@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
-from sqlalchemy import select
 
 from securex.accounts.models import Tenant
 from securex.accounts.service import Actor
@@ -154,8 +153,7 @@ def _sent(send_id: int) -> Pli:
     return pli
 
 
-def _out(pli: Pli, phone_codes: dict[str, str] | None = None) -> SendOut:
-    v = service.view(db(), state().vault, pli)
+def _out(v: service.PliView, phone_codes: dict[str, str] | None = None) -> SendOut:
     return SendOut(
         id=v.id,
         status=v.status.value,
@@ -240,7 +238,8 @@ def create_send(body: SendIn) -> tuple[SendOut, int, dict[str, str]]:
         policy=service.ExchangePolicy.from_settings(state().settings),
     )
     db().commit()
-    return _out(pli, phone_codes or None), 201, {"Location": f"/api/v1/sends/{pli.id}"}
+    view = service.view(db(), state().vault, pli)
+    return _out(view, phone_codes or None), 201, {"Location": f"/api/v1/sends/{pli.id}"}
 
 
 @bp.operation(
@@ -255,9 +254,9 @@ def get_send(send_id: int) -> SendOut:
     est journalisée."""
     actor, _ = _sender()
     pli = _sent(send_id)
-    service.read(db(), state().vault, pli, actor, now=now())
+    view = service.read(db(), state().vault, pli, actor, now=now())
     db().commit()
-    return _out(pli)
+    return _out(view)
 
 
 @bp.operation(
@@ -271,14 +270,15 @@ def list_sends() -> SendList:
     """Les `limit` derniers plis envoyés (50 par défaut, 200 au plus)."""
     _sender()
     limit = query_int("limit", 50, 1, 200)
-    user = current_api_user()
-    rows = db().scalars(
-        select(Pli)
-        .where(Pli.tenant_id == user.tenant_id, Pli.direction == service.OUTGOING)
-        .order_by(Pli.id.desc())
-        .limit(limit)
+    views = service.list_for_staff(
+        db(),
+        state().vault,
+        current_api_user(),
+        direction=service.OUTGOING,
+        limit=limit,
+        with_downloads=True,
     )
-    return SendList(sends=[_out(p) for p in rows])
+    return SendList(sends=[_out(v) for v in views])
 
 
 @bp.operation(

@@ -510,7 +510,13 @@ def get_for_staff(db: Session, user: User, pli_id: int) -> Pli:
 
 
 def list_for_staff(
-    db: Session, vault: Vault, user: User, *, direction: str, limit: int = 200
+    db: Session,
+    vault: Vault,
+    user: User,
+    *,
+    direction: str,
+    limit: int = 200,
+    with_downloads: bool = False,
 ) -> list[PliView]:
     """The commune's plis, newest first: sent (outgoing) or received (incoming)."""
     assert user.tenant_id is not None
@@ -520,7 +526,7 @@ def list_for_staff(
         .order_by(Pli.id.desc())
         .limit(limit)
     )
-    return [view(db, vault, pli, with_downloads=False) for pli in rows]
+    return [view(db, vault, pli, with_downloads=with_downloads) for pli in rows]
 
 
 def received_by_user(db: Session, vault: Vault, user: User, limit: int = 200) -> list[PliView]:
