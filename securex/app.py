@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from datetime import date, datetime
-from logging.handlers import WatchedFileHandler
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,7 +14,7 @@ from flask import Flask
 from sqlalchemy.exc import DBAPIError
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from securex import __version__
+from securex import __version__, logs
 from securex.accounts import service as accounts_service
 from securex.config import Settings, load_settings
 from securex.db import make_engine, make_sessionmaker, utcnow
@@ -71,14 +70,12 @@ def create_app(
         proxied = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)
         app.wsgi_app = proxied  # type: ignore[method-assign]
 
-    from securex import web
+    from securex import tasks, web
     from securex.accounts.api import bp as accounts_api
     from securex.accounts.views import bp as accounts_views
-    from securex.comedec import jobs as _comedec_jobs  # noqa: F401 (job handlers)
     from securex.comedec.api import bp as comedec_api
     from securex.comedec.public import bp as sve_views
     from securex.comedec.views import bp as comedec_views
-    from securex.exchange import jobs as _exchange_jobs  # noqa: F401 (job handlers)
     from securex.exchange.api import bp as exchange_api
     from securex.exchange.views import bp as exchange_views
     from securex.exchange.views import public_bp as exchange_public
@@ -90,6 +87,7 @@ def create_app(
     from securex.web.signing import api as signing_api
     from securex.web.signing import pki_bp, verify_bp
 
+    tasks.load()  # job handlers: enqueued here, run by whichever worker
     # Registered first so that it runs last, once the request's database session is
     # released (SQLite's write lock) and the response is complete.
     app.after_request(checkpoint_after_request)
@@ -142,7 +140,7 @@ def create_app(
     # validating uploads: noise for operators, who get the report instead.
     logging.getLogger("pyhanko").setLevel(logging.ERROR)
     if not app.testing:
-        _log_to_instance(settings.instance)
+        logs.install(settings)
         if settings["jobs.in_process"]:
             _start_worker(app)
     return app
@@ -152,9 +150,7 @@ def _start_worker(app: Flask) -> None:
     """The embedded instance's worker: a thread per web process (gunicorn forks before
     it calls create_app, so each process has its own); jobs are claimed in the
     database, so two threads never run the same one."""
-    from securex.comedec import jobs  # noqa: F401 (registers the job handlers)
     from securex.jobs.service import WorkerThread
-    from securex.registry import batch  # noqa: F401
 
     st: AppState = app.extensions["securex"]
     worker = WorkerThread(st.runtime(), float(st.settings["jobs.poll_seconds"]))
@@ -172,24 +168,3 @@ def _load_signing(st: AppState) -> None:
         st.other_certs = [st.pki.ca_cert]
     if st.pki is not None or st.settings["signing.trust_anchors"]:
         st.trust_roots = _trust_anchors(st.settings, st.pki)
-
-
-def _log_to_instance(instance: Path) -> None:
-    """securex's own log lines also go to <instance>/logs/securex.log (logrotate-safe).
-    They carry ids, paths and error types, never personal data or document text."""
-    logger = logging.getLogger("securex")
-    if any(getattr(h, "securex_instance", False) for h in logger.handlers):
-        return
-    folder = instance / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    handler = WatchedFileHandler(folder / "securex.log", encoding="utf-8")
-    handler.securex_instance = True  # type: ignore[attr-defined]
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s")
-    )
-    logger.addHandler(handler)
-    # gunicorn collects stderr into its own log: keep the lines there too.
-    stream = logging.StreamHandler()
-    stream.setFormatter(handler.formatter)
-    logger.addHandler(stream)
-    logger.setLevel(logging.INFO)

@@ -1,6 +1,6 @@
 """The job table: work done in the background (batch signing today; e-mails, webhooks,
-purges and renewals as they arrive). Payloads and results hold identifiers and
-counts, never personal data."""
+purges and renewals as they arrive), and the workers' heartbeats. Payloads and results
+hold identifiers and counts, never personal data."""
 
 from __future__ import annotations
 
@@ -35,3 +35,18 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     worker: Mapped[str | None] = mapped_column(String(80))
+
+
+class Worker(Base):
+    """A running worker (the job thread of a web process, or a `securex worker`), known
+    by its heartbeat: `/readyz` and `/metrics` read it. A row is written when the worker
+    starts, renewed every `BEAT_EVERY` and deleted when it stops cleanly; the row of a
+    worker that died stays until the housekeeping removes it."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # worker_name()
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    beat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

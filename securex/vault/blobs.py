@@ -6,7 +6,8 @@ references a blob is committed only after that. Blobs without a row (a crash bet
 the two) and stale temporary files are removed by `securex vault gc`.
 
 An S3-compatible backend needs the same five operations; `commit` maps to a single
-PUT (or a completed multipart upload), which object stores make atomic.
+PUT (or a completed multipart upload), which object stores make atomic. `probe` answers
+the readiness check (`/readyz`): a small object written and deleted.
 
 Resumable uploads (`securex.vault.upload`) write an object over several requests into a
 *part*: a blob that is not an object yet, kept apart from the committed blobs (its own
@@ -74,6 +75,12 @@ class BlobStore(Protocol):
         ...
 
     def collect_temporaries(self, older_than: float) -> int: ...
+
+    def probe(self) -> None:
+        """Raise (`OSError`, or the backend's own error) unless the store takes a blob
+        now: quick, bounded, and leaving nothing behind. It must not create the store:
+        an unmounted volume or a missing bucket has to show."""
+        ...
 
     def create_part(self, name: str, head: bytes) -> None:
         """A new part holding `head`, durable when this returns. `FileExistsError` if a
@@ -162,11 +169,27 @@ class FilesystemBlobStore:
     def collect_temporaries(self, older_than: float) -> int:
         count = 0
         limit = time.time() - older_than
-        for path in self.root.glob(f"??/??/{TMP_PREFIX}*"):
-            if path.stat().st_mtime < limit:
-                path.unlink(missing_ok=True)
-                count += 1
+        # Blobs being written, and the probe files of a process that died in `probe`.
+        for pattern in (f"??/??/{TMP_PREFIX}*", f"{TMP_PREFIX}*"):
+            for path in self.root.glob(pattern):
+                if path.stat().st_mtime < limit:
+                    path.unlink(missing_ok=True)
+                    count += 1
         return count
+
+    def probe(self) -> None:
+        """Create, write and delete a small file at the top of the store, beside the
+        blobs' folders (on the same file system). The folder itself is never created
+        here: a volume that is not mounted must fail, not get an empty folder."""
+        if not self.root.is_dir():
+            raise FileNotFoundError("the blob folder is missing")
+        path = self.root / f"{TMP_PREFIX}probe-{secrets.token_hex(8)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, b"securex readiness probe\n")
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
 
     # --- parts (resumable uploads) ---------------------------------------------------
 

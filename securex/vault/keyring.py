@@ -8,6 +8,7 @@ moved to another row, tenant or object does not unwrap.
 
 from __future__ import annotations
 
+import hmac
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from securex.vault.models import TenantKey, TenantSubkey, VaultObject
 NONCE = 12
 SUBKEY_PURPOSES = ("columns", "index")
 PLATFORM = "*"  # pseudo-tenant holding the platform's own secrets
+PROBE_CONTEXT = b"securex/readiness-probe"
 Progress = Callable[[int], None]
 
 
@@ -343,6 +345,29 @@ class Keyring:
             now=now,
         )
         return count
+
+    # --- readiness ---------------------------------------------------------------
+
+    def check(self, db: Session) -> None:
+        """The readiness check (`/readyz`): a random key wrapped and unwrapped by the
+        current master key (a token whose session was lost, or that stopped answering,
+        fails here), then, for each master key that wraps a stored tenant key, one of
+        those opened (a process started with another key file, or not restarted after a
+        rotation of the master key, fails here). Raises `KeyUnavailable` or
+        `IntegrityError`; keeps, returns and logs nothing."""
+        probe = secrets.token_bytes(32)
+        wrapped = self.current.wrap(probe, PROBE_CONTEXT)
+        if not hmac.compare_digest(self.current.unwrap(wrapped, PROBE_CONTEXT), probe):
+            raise IntegrityError()
+        newest = db.execute(
+            select(TenantKey.master_key_id, func.max(TenantKey.id)).group_by(
+                TenantKey.master_key_id
+            )
+        ).all()
+        for master_key_id, row_id in newest:
+            row = db.get(TenantKey, row_id)
+            assert row is not None
+            self._master(master_key_id).unwrap(row.wrapped, tenant_context(row.tenant, row.version))
 
     def status(self, db: Session) -> list[KeyStatus]:
         rows = db.execute(

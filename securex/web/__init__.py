@@ -1,5 +1,6 @@
-"""The web shell: security headers, error pages and problem+json, health checks,
-server-side sessions, CSRF, the login manager."""
+"""The web shell: security headers, error pages and problem+json, server-side sessions,
+CSRF, the login manager; request ids, access lines, metrics and health checks are
+`securex.web.observability`'s."""
 
 from __future__ import annotations
 
@@ -11,13 +12,13 @@ import flask
 from flask import Blueprint, Flask, Response, render_template, request
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFError, CSRFProtect
-from sqlalchemy import text
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import IntegerConverter
 
 from securex.errors import PayloadTooLarge, SecurexError, UnsupportedMediaType
+from securex.web import observability
 from securex.web.api import HTTP_TITLES, ApiBlueprint, problem, problem_from_error
-from securex.web.context import close_db, db
+from securex.web.context import close_db
 from securex.web.sessions import DbSessionInterface
 
 log = logging.getLogger("securex.web")
@@ -45,23 +46,6 @@ HTTP_MESSAGES = {
     429: "Trop de tentatives. Patientez quelques minutes.",
     500: "Une erreur interne est survenue. Elle a été consignée ; réessayez plus tard.",
 }
-
-health = Blueprint("health", __name__)
-
-
-@health.get("/healthz")
-def healthz() -> dict[str, str]:
-    return {"status": "ok"}
-
-
-@health.get("/readyz")
-def readyz() -> tuple[dict[str, str], int]:
-    try:
-        db().execute(text("SELECT 1"))
-    except Exception:  # any driver error means "not ready", which is the answer
-        log.exception("readiness check failed")
-        return {"status": "unavailable", "database": "unreachable"}, 503
-    return {"status": "ok", "database": "ok"}, 200
 
 
 def _wants_problem() -> bool:
@@ -123,6 +107,7 @@ def _register_errors(app: Flask) -> None:
     def unexpected(error: Exception) -> Any:
         # The endpoint, not the path: paths carry link and deposit tokens.
         log.exception("unhandled error on %s %s", request.method, request.endpoint)
+        observability.count_exception()
         if _wants_problem():
             return problem(500, "internal", "Erreur interne", HTTP_MESSAGES[500])
         return _page(500, "Erreur interne", HTTP_MESSAGES[500])
@@ -163,6 +148,7 @@ def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
     app.url_map.converters["int"] = DatabaseId
     app.request_class = Request
     app.session_interface = DbSessionInterface()
+    observability.init_app(app)  # its hooks first: every request gets an id
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "accounts.login"
@@ -174,7 +160,6 @@ def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
     # transaction holds the write lock, and the session store needs it next.
     app.after_request(_release_db)
     _register_errors(app)
-    app.register_blueprint(health)
     for bp in blueprints:
         register(app, bp)
 

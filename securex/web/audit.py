@@ -151,7 +151,7 @@ def consistency() -> ConsistencyProof:
 
 CHECK_EVERY = 30.0  # seconds between two looks per process (a throttle, not state)
 _next_check = 0.0
-_QUIET_PATHS = ("/static/", "/healthz", "/readyz")
+_QUIET_PATHS = ("/static/", "/healthz", "/readyz", "/metrics")
 
 
 def checkpoint_after_request(response: Response) -> Response:
