@@ -13,6 +13,7 @@ openssl:openssl
 /usr/sbin/clamd:clamav-daemon
 gpg:gnupg
 /usr/bin/chromium:chromium
+/usr/sbin/nginx:nginx
 "
 missing=""
 for entry in $NEEDED; do
