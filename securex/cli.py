@@ -354,11 +354,11 @@ def worker(ctx: Context, once: bool) -> None:
     tourner à la fois : chaque tâche est prise par un seul. Arrêt : Ctrl-C ou SIGTERM."""
     import signal
 
-    from securex.comedec import jobs  # noqa: F401 (registers the job handlers)
-    from securex.exchange import jobs as _exchange_jobs  # noqa: F401
+    from securex import logs, tasks
     from securex.jobs.service import Runtime, WorkerThread, run_pending, run_periodic
-    from securex.registry import batch  # noqa: F401
     from securex.signing.setup import load_demo_pki
+
+    tasks.load()
 
     rt = Runtime(
         settings=ctx.settings,
@@ -369,19 +369,22 @@ def worker(ctx: Context, once: bool) -> None:
         environ=os.environ,
     )
     if once:
-        run_periodic(rt, {})
-        click.echo(f"{run_pending(rt)} tâche(s) exécutée(s).")
+        with logs.installed(ctx.settings):  # the same lines as a web process's
+            run_periodic(rt, {})
+            count = run_pending(rt)
+        click.echo(f"{count} tâche(s) exécutée(s).")
         return
     thread = WorkerThread(rt, float(ctx.settings["jobs.poll_seconds"]))
     signal.signal(signal.SIGTERM, lambda *_: thread.stop())
     click.echo("securex worker : en attente de tâches (Ctrl-C pour arrêter).")
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(timeout=1)
-    except KeyboardInterrupt:
-        thread.stop()
-        thread.join()
+    with logs.installed(ctx.settings):
+        thread.start()
+        try:
+            while thread.is_alive():
+                thread.join(timeout=1)
+        except KeyboardInterrupt:
+            thread.stop()
+            thread.join()
 
 
 def gunicorn_options(
@@ -390,8 +393,9 @@ def gunicorn_options(
     """gunicorn's settings for `securex serve` (threaded workers); None takes the
     configuration's value. Also used by bench/exchange.py, so that its reference server
     runs exactly like this one."""
+    port = port or int(settings["server.port"])
     return {
-        "bind": f"{host or settings['server.host']}:{port or settings['server.port']}",
+        "bind": f"{host or settings['server.host']}:{port}",
         "workers": workers or max(2, int(settings["server.workers"])),
         # Threads, so that a long transfer (a large file to a slow recipient) neither
         # holds a whole process nor outlives the timeout: the worker's main thread
@@ -408,7 +412,37 @@ def gunicorn_options(
         # gunicorn's control socket sits at one path per user ($HOME/.gunicorn): two
         # instances on a host would share it. securex has no use for it.
         "control_socket_disable": True,
+        **_process_hooks(settings.instance / "run" / "metrics" / str(port)),
     }
+
+
+def _process_hooks(metrics_dir: Path) -> dict[str, Callable[..., None]]:
+    """gunicorn's hooks. Metrics: every worker process writes its counters to files in
+    `metrics_dir` (prometheus_client's multiprocess mode), which the process answering
+    /metrics adds up; the folder is one per port (two servers on one instance never
+    share it), emptied once the port is bound, before the first fork. Jobs: a worker
+    process that exits stops its job thread, which removes its heartbeat row."""
+    import shutil
+
+    def when_ready(server: Any) -> None:  # in the master, before any worker exists
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        for folder in (metrics_dir.parent.parent, metrics_dir.parent, metrics_dir):
+            folder.mkdir(exist_ok=True, mode=0o700)  # run/, run/metrics/, run/metrics/<port>/
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by workers
+
+    def child_exit(server: Any, worker: Any) -> None:  # in the master
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid, str(metrics_dir))
+
+    def worker_exit(server: Any, worker: Any) -> None:  # in the worker, as it exits
+        app = getattr(worker, "wsgi", None)
+        thread = getattr(app, "extensions", {}).get("securex_worker")
+        if thread is not None:
+            thread.stop()
+            thread.join(timeout=10)  # a job still running is taken up again later
+
+    return {"when_ready": when_ready, "child_exit": child_exit, "worker_exit": worker_exit}
 
 
 def _default_threads(settings: Settings) -> int:
@@ -810,10 +844,8 @@ def vault_decrypt(ctx: Context, tenant_insee: str, source: Path, out: Path) -> N
     click.echo(f"Déchiffré : {out} ({size} octets).")
 
 
-@vault.command("verify")
-@pass_ctx
-def vault_verify(ctx: Context) -> None:
-    """Vérifier l'intégrité de chaque objet stocké ; code de sortie 1 si l'un est abîmé."""
+def _check_vault(ctx: Context) -> tuple[int, list[Any]]:
+    """Decrypt every live object, with a progress bar: (objects, damaged ones)."""
     live = VaultObject.wrapped_key.is_not(None)
     with ctx.tx() as db:
         total = db.scalar(select(func.coalesce(func.sum(VaultObject.stored_size), 0)).where(live))
@@ -823,6 +855,14 @@ def vault_verify(ctx: Context) -> None:
         click.progressbar(length=int(total or 0), label="Vérification", file=sys.stderr) as bar,
     ):
         damaged = ctx.vault.verify(db, progress=bar.update)
+    return int(count or 0), damaged
+
+
+@vault.command("verify")
+@pass_ctx
+def vault_verify(ctx: Context) -> None:
+    """Vérifier l'intégrité de chaque objet stocké ; code de sortie 1 si l'un est abîmé."""
+    count, damaged = _check_vault(ctx)
     if not damaged:
         click.echo(f"Coffre intègre : {count} objets vérifiés.")
         return
@@ -846,6 +886,157 @@ def vault_gc(ctx: Context, grace: int) -> None:
     with ctx.tx() as db:
         blobs, temps = ctx.vault.gc(db, grace_seconds=grace)
     click.echo(f"Supprimés : {blobs} fichier(s) orphelin(s), {temps} fichier(s) temporaire(s).")
+
+
+@main.group()
+def backup() -> None:
+    """Sauvegardes chiffrées de l'instance : créer, vérifier, restaurer."""
+
+
+def _bars(label: str, total: int) -> Any:
+    return click.progressbar(length=max(total, 0), label=label, file=sys.stderr)
+
+
+def _describe(summary: Any) -> str:
+    checkpoint = (
+        f"point de contrôle du journal : {summary.checkpoint_size} événements"
+        if summary.checkpoint_size is not None
+        else "aucun point de contrôle du journal"
+    )
+    return (
+        f"sauvegarde {summary.backup_id} du {summary.created_at[:19].replace('T', ' ')} UTC : "
+        f"{summary.rows} lignes dans {summary.tables} tables, {summary.objects} documents "
+        f"({summary.object_bytes} octets chiffrés), {checkpoint}"
+    )
+
+
+@backup.command("create")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@pass_ctx
+def backup_create(ctx: Context, out: Path) -> None:
+    """Écrire dans OUT une sauvegarde chiffrée et signée de l'instance (base, documents,
+    clés enveloppées) ; le service peut continuer de tourner. La clé maîtresse n'y est
+    pas : gardez-la à part."""
+    from securex import backup as backups
+
+    load_instance_secret(ctx.settings.instance)
+    if not out.parent.is_dir():
+        raise ConfigError(
+            f"Le dossier {out.parent} n'existe pas : créez-le ou choisissez-en un autre."
+        )
+    tmp = _atomic_output(out)
+    now = utcnow()
+    try:
+        with open(tmp, "xb") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            summary = backups.create(
+                fh,
+                settings=ctx.settings,
+                sessions=ctx.factory,
+                vault=ctx.vault,
+                now=now,
+                bars=_bars,
+            )
+            fh.flush()
+            os.fsync(fh.fileno())
+        with ctx.tx() as db:
+            record(
+                db,
+                EventType.VAULT_BACKUP_CREATED,
+                actor=str(ctx.actor),
+                subject=f"backup:{summary.backup_id}",
+                details={
+                    "rows": summary.rows,
+                    "objects": summary.objects,
+                    "checkpoint": summary.checkpoint_size,
+                },
+                now=utcnow(),
+            )
+        _publish(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    click.echo(f"Sauvegarde écrite : {out}")
+    click.echo(f"  {_describe(summary)}.")
+    click.echo(f"Vérifiez-la : securex backup verify {out}")
+
+
+@backup.command("verify")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--verifier",
+    "verifier",
+    default=None,
+    help="Clé de vérification attendue (sortie de « securex audit public-key »).",
+)
+@pass_ctx
+def backup_verify(ctx: Context, source: Path, verifier: str | None) -> None:
+    """Vérifier SOURCE sans la restaurer : déchiffrement complet avec la clé maîtresse,
+    empreinte de chaque élément, signature du manifeste et point de contrôle du journal."""
+    from securex import backup as backups
+
+    summary = backups.verify(source, ctx.master_source, verifier=verifier, bars=_bars)
+    click.echo(f"Sauvegarde intègre : {_describe(summary)}.")
+    click.echo(f"Signée par : {summary.verifier}")
+
+
+@backup.command("restore")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--shred-ledger",
+    "ledgers",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Registre de destruction plus récent que la sauvegarde (keys/shred-ledger.jsonl "
+    "de l'instance perdue, ou sa copie) : rejoué lui aussi. Répétable.",
+)
+@pass_ctx
+def backup_restore(ctx: Context, source: Path, ledgers: tuple[Path, ...]) -> None:
+    """Reconstruire l'instance depuis SOURCE dans un dossier SECUREX_INSTANCE vide et une
+    base vide, rejouer les destructions, puis vérifier chaque document et le journal."""
+    from securex import backup as backups
+    from securex.audit.models import AuditCheckpoint
+
+    now = utcnow()
+    summary, vault = backups.restore(
+        source,
+        settings=ctx.settings,
+        source=ctx.master_source,
+        ledgers=list(ledgers),
+        now=now,
+        bars=_bars,
+    )
+    ctx.__dict__["vault"] = vault
+    click.echo(f"Restaurée : {_describe(summary)}.")
+    click.echo(f"  {summary.shredded} document(s) détruit(s) de nouveau d'après le registre.")
+    count, damaged = _check_vault(ctx)
+    report, checkpoints = _check_audit(ctx)
+    problems = [f"document {d.object_id} (commune {d.tenant}) illisible" for d in damaged]
+    problems += report.problems
+    if summary.checkpoint_size is not None:
+        with ctx.tx() as db:
+            row = db.scalar(
+                select(AuditCheckpoint).where(AuditCheckpoint.size == summary.checkpoint_size)
+            )
+            if row is None or row.note != summary.checkpoint_note:
+                problems.append("le point de contrôle du manifeste manque dans le journal")
+    if problems:
+        click.secho(f"Restauration INCOMPLÈTE ({len(problems)} anomalies) :", fg="red", err=True)
+        for line in problems[:100]:
+            click.echo(f"  - {line}", err=True)
+        sys.exit(1)
+    with ctx.tx() as db:
+        record(
+            db,
+            EventType.VAULT_BACKUP_RESTORED,
+            actor=str(ctx.actor),
+            subject=f"backup:{summary.backup_id}",
+            details={"objects": count, "reshredded": summary.shredded},
+            now=now,
+        )
+    click.echo(
+        f"Contrôles : {count} documents déchiffrés, journal d'audit intègre "
+        f"({report.size} événements, {checkpoints} point(s) de contrôle)."
+    )
 
 
 @main.group()
@@ -1269,11 +1460,9 @@ def _tsa_roots(ctx: Context) -> list[Any]:
     return tsa_roots(ctx.settings, load_demo_pki(ctx.settings.instance))
 
 
-@audit.command("verify")
-@pass_ctx
-def audit_verify(ctx: Context) -> None:
-    """Recalculer le chaînage et l'arbre de Merkle du journal, vérifier chaque point de
-    contrôle (signature, horodatage, cohérence) ; code de sortie 1 à la moindre anomalie."""
+def _check_audit(ctx: Context) -> tuple[Any, int]:
+    """The whole log's check: chaining, Merkle tree, every checkpoint's signature,
+    consistency and timestamp. Returns (report, number of checkpoints)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -1316,10 +1505,19 @@ def audit_verify(ctx: Context) -> None:
                     report.problems += timestamps.result()
     except DBAPIError as exc:
         raise ConfigError(f"Base de données injoignable : {exc.orig.__class__.__name__}.") from None
+    return report, len(stamps)
+
+
+@audit.command("verify")
+@pass_ctx
+def audit_verify(ctx: Context) -> None:
+    """Recalculer le chaînage et l'arbre de Merkle du journal, vérifier chaque point de
+    contrôle (signature, horodatage, cohérence) ; code de sortie 1 à la moindre anomalie."""
+    report, checkpoints = _check_audit(ctx)
     if report.ok:
         click.echo(
             f"Journal d'audit intègre : {report.size} événements, "
-            f"{len(stamps)} point(s) de contrôle vérifié(s)."
+            f"{checkpoints} point(s) de contrôle vérifié(s)."
         )
         return
     click.secho(f"Journal d'audit ALTÉRÉ ({len(report.problems)} anomalies) :", fg="red", err=True)

@@ -4,7 +4,7 @@ PKI's). Composes three core libraries, so it lives in the shell."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -12,7 +12,9 @@ from asn1crypto import x509 as asn1_x509
 from sqlalchemy.orm import Session
 
 from securex.audit.proofs import Sealer, checkpoint_due, create_checkpoint
+from securex.db import transaction
 from securex.errors import ConfigError
+from securex.jobs.service import Runtime, periodic
 from securex.vault import Keyring
 
 SEAL_PURPOSE = "audit-seal"
@@ -60,3 +62,11 @@ def checkpoint_if_due(
     ):
         return False
     return create_checkpoint(db, sealer(settings, db, keyring, pki, now), now=now) is not None
+
+
+@periodic("audit.checkpoint", timedelta(minutes=1))
+def checkpoint_periodically(rt: Runtime) -> None:
+    """The workers make the checkpoints that are due even when no web request comes
+    (a night of batch signing, a worker-only host)."""
+    with transaction(rt.sessions) as db:
+        checkpoint_if_due(rt.settings, db, rt.vault.keyring, rt.pki, rt.clock())

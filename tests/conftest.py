@@ -353,11 +353,10 @@ def demo_pki(settings: Settings, _pki_template: Path) -> Any:
 
 @pytest.fixture
 def runtime(demo_pki: Any, settings: Settings, factory: Any, vault: Vault, clock: Clock) -> Any:
-    from securex.comedec import jobs  # noqa: F401 (registers the job handlers)
-    from securex.exchange import jobs as _exchange_jobs  # noqa: F401
+    from securex import tasks
     from securex.jobs.service import Runtime
-    from securex.registry import batch  # noqa: F401
 
+    tasks.load()
     return Runtime(
         settings=settings,
         sessions=factory,

@@ -4,6 +4,7 @@ receipts), deliveries signed and verifiable, batch signing with one fresh TOTP c
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 from datetime import timedelta
@@ -16,7 +17,7 @@ from securex.accounts import service as accounts
 from securex.accounts.models import User
 from securex.accounts.service import Actor
 from securex.audit.models import AuditEvent
-from securex.db import transaction
+from securex.db import reading, transaction
 from securex.errors import AuthenticationFailed, Conflict, NotFound, ValidationFailed
 from securex.jobs.models import Job
 from securex.jobs.service import run_pending
@@ -731,6 +732,123 @@ def test_the_worker_command_runs_queued_batches(reg, settings, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "1 tâche(s) exécutée(s)." in result.output
     assert reg.act(act_id).status == "signed"
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_signs_nothing_twice(reg, settings):
+    """The crash-and-retry drill with real processes: a `securex worker` is SIGKILLed
+    while it signs a batch; another worker takes the job back once its heartbeat is
+    stale, and every act ends up signed exactly once, numbers without a gap."""
+    import os
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    total = 16
+    acts = [reg.draft(content=naissance(prenoms=f"Enfant {n}")) for n in range(total)]
+    reg.clock.advance(seconds=30)
+    job_id = reg.batch([f"act:{a}" for a in acts])
+    with transaction(reg.factory) as db:  # the workers run on the real clock
+        db.execute(update(Job).values(run_after=reg.clock() - timedelta(days=3)))
+    env = {
+        **os.environ,
+        "SECUREX_INSTANCE": str(settings.instance),
+        "SECUREX_DATABASE_URL": settings.database_url,
+        "SECUREX_JOBS_STALE_SECONDS": "3",
+        "SECUREX_JOBS_POLL_SECONDS": "0.1",
+        "SECUREX_CONFIG": "",
+    }
+    securex = str(Path(sys.executable).with_name("securex"))
+
+    def job() -> Job:
+        with reg.factory() as db:
+            reading(db)  # SQLite: no write lock, or the worker's items starve this poll
+            found = db.get(Job, job_id)
+            assert found is not None
+            db.expunge(found)
+            return found
+
+    def wait(condition: Any, what: str, seconds: float = 120) -> Job:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            current = job()
+            if condition(current):
+                return current
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}: {job().__dict__}")
+
+    first = subprocess.Popen(
+        [securex, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait(lambda j: j.done >= 3, "the first items")
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    killed = job()
+    assert killed.status == "running" and 3 <= killed.done < total, "killed mid-batch"
+    second = subprocess.Popen(
+        [securex, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        done = wait(lambda j: j.status == "done", "the second worker to finish")
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    assert (done.done, done.failed, done.attempts) == (total, 0, 2)
+    assert len({line["ref"] for line in json.loads(done.result)}) == total
+    signed = events(reg.factory, "registry:act:signed")
+    assert sorted(json.loads(e.details)["number"] for e in signed) == list(range(1, total + 1))
+    assert all(reg.act(a).status == "signed" for a in acts)
+
+
+def test_the_archive_renews_signed_acts_before_their_timestamp_expires(reg, settings):
+    from pyhanko.pdf_utils.reader import PdfFileReader
+
+    from securex.registry.models import Act, Mention
+    from securex.registry.renewal import RETRY, renew_documents
+    from securex.signing import pades
+
+    act_id = reg.draft()
+    reg.sign(f"act:{act_id}")
+    first = reg.act(act_id).document_id
+    with reg.factory() as db:
+        signed = reg.vault.read_all(db, MDM, first)
+    margin = timedelta(days=int(settings["signing.renew_margin_days"]))
+    # Not due: the demo TSA's certificate outlives the margin. Looked at once, then
+    # not before its expiry minus the margin.
+    assert renew_documents(reg.rt) == 0
+    with reg.factory() as db:
+        act = db.get(Act, act_id)
+        assert act.document_id == first
+        assert act.renew_after == (pades.archive_expiry(signed) - margin).date()
+    assert renew_documents(reg.rt) == 0  # nothing due today
+    # The certificate now expires within the margin (a margin longer than its life).
+    settings.values["signing"]["renew_margin_days"] = 36500
+    with transaction(reg.factory) as db:
+        db.execute(update(Act).values(renew_after=reg.clock().date()))
+    assert renew_documents(reg.rt) == 1
+    renewed = reg.act(act_id).document_id
+    assert renewed != first
+    with reg.factory() as db:
+        fresh = reg.vault.read_all(db, MDM, renewed)
+        act = db.get(Act, act_id)
+        assert act.renew_after == (reg.clock() + RETRY).date()
+        # The previous version stays in the vault, untouched.
+        assert reg.vault.read_all(db, MDM, first) == signed
+    assert fresh.startswith(signed)  # an incremental update: the signature still covers it
+    stamps = [
+        s
+        for s in PdfFileReader(io.BytesIO(fresh)).embedded_signatures
+        if s.sig_object.get("/Type") == "/DocTimeStamp"
+    ]
+    assert len(stamps) == 2
+    (event,) = events(reg.factory, "signing:document:timestamp-renewed")
+    assert event.tenant == MDM and event.actor == "system:archive"
+    assert json.loads(event.details)["act"] == act_id
+    assert renew_documents(reg.rt) == 0  # not again before RETRY
+    with reg.factory() as db:
+        assert db.scalar(select(func.count()).select_from(Mention)) == 0
 
 
 def test_a_revoked_officer_signs_nothing_at_any_level(reg, demo_pki, settings):

@@ -751,3 +751,33 @@ def test_iter_decrypt_is_lazy_and_streams() -> None:
     it: Iterator[bytes] = iter_decrypt(src, dek=DEK, header=hdr, tenant=TENANT, object_id=OBJECT)
     assert next(it) == plaintext[:SEG]
     assert src.high <= len(hdr.to_bytes()) + 2 * (SEG + TAG_SIZE)  # one segment + lookahead
+
+
+@given(
+    size=st.sampled_from([0, 1, SEG - 1, SEG, SEG + 1, 2 * SEG, 3 * SEG + 7]),
+    pieces=st.lists(st.integers(1, 3 * SEG), min_size=1, max_size=8),
+)
+@settings(max_examples=60, deadline=None)
+def test_stream_writer_writes_what_encrypt_stream_writes(size: int, pieces: list[int]) -> None:
+    """Pushed in pieces of any size, the plaintext becomes the very bytes encrypt_stream
+    makes of it (same key and header), so the reader and the format doc cover both."""
+    plaintext = (bytes(range(251)) * (size // 251 + 1))[:size]
+    dek = bytes(range(32))
+    header = stream.new_header(key_id="backup", key_version=0, segment_size=SEG)
+    expected = io.BytesIO()
+    stream.encrypt_stream(
+        io.BytesIO(plaintext), expected, dek=dek, header=header, tenant="t", object_id="o"
+    )
+    out = io.BytesIO()
+    writer = stream.StreamWriter(out, dek=dek, header=header, tenant="t", object_id="o")
+    at, i = 0, 0
+    while at < size:
+        step = pieces[i % len(pieces)]
+        writer.write(plaintext[at : at + step])
+        at, i = at + step, i + 1
+    writer.close()
+    writer.close()  # idempotent
+    assert out.getvalue() == expected.getvalue()
+    assert writer.size == size
+    with pytest.raises(ValueError):
+        writer.write(b"x")

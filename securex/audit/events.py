@@ -36,6 +36,8 @@ class EventType(StrEnum):
     VAULT_OBJECT_SHREDDED = "vault:object:shredded"
     VAULT_FILE_ENCRYPTED = "vault:file:encrypted"
     VAULT_FILE_DECRYPTED = "vault:file:decrypted"
+    VAULT_BACKUP_CREATED = "vault:backup:created"
+    VAULT_BACKUP_RESTORED = "vault:backup:restored"
     # Signing
     CERTIFICATE_ISSUED = "signing:certificate:issued"
     CERTIFICATE_REVOKED = "signing:certificate:revoked"

@@ -702,10 +702,20 @@ def issue_automatically(
         purpose=purpose,
         now=now,
         vault=vault,
+        record_event=False,
     )
     req.delivery_id = delivery_id
+    # The audit events only once the copy is rendered and signed: the first one takes
+    # the log's head, which every audited write of every node waits for until commit.
     registry.sign_item(
-        db, f"delivery:{delivery_id}", signing=signing_for(tenant), now=now, vault=vault
+        db,
+        f"delivery:{delivery_id}",
+        signing=signing_for(tenant),
+        now=now,
+        vault=vault,
+        before_events=lambda: registry.delivery_requested(
+            db, actor, tenant.insee, delivery_id, now=now
+        ),
     )
 
 

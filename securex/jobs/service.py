@@ -12,6 +12,9 @@ at most `MAX_BACKOFF`) until its kind's number of attempts is spent, then the jo
 `failed`. That number is `MAX_ATTEMPTS` unless the kind's handler declares its own
 (`@handler(kind, max_attempts=n)`, kept in `ATTEMPTS`): webhooks, whose receivers
 may be down for a while, try 8 times over about two hours.
+
+Each worker also keeps a row in `workers`, its own heartbeat, which `/readyz` and
+`/metrics` read; lines logged while a job runs carry its id and kind (`securex.logs`).
 """
 
 from __future__ import annotations
@@ -26,18 +29,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from securex import logs
 from securex.db import reading, transaction
 from securex.errors import NotFound
-from securex.jobs.models import Job
+from securex.jobs.models import Job, Worker
 
 log = logging.getLogger(__name__)
 
 STALE_AFTER = timedelta(minutes=5)
 MAX_ATTEMPTS = 3
 MAX_BACKOFF = timedelta(hours=1)
+BEAT_EVERY = 15.0  # seconds between two heartbeats of a worker (its row in `workers`)
+WORKERS_KEPT = timedelta(days=1)  # the row of a worker that died, kept for diagnosis
 
 
 @dataclass
@@ -128,17 +134,23 @@ def get_job(db: Session, job_id: int, *, tenant_id: int | None = None) -> Job:
     return job
 
 
-def _requeue_stale(db: Session, now: datetime) -> None:
+def stale_after(settings: Any) -> timedelta:
+    """How long a running job may go without a heartbeat before it is taken back:
+    `jobs.stale_seconds` (5 minutes by default)."""
+    return timedelta(seconds=float(settings["jobs.stale_seconds"]))
+
+
+def _requeue_stale(db: Session, now: datetime, stale: timedelta) -> None:
     db.execute(
         update(Job)
-        .where(Job.status == "running", Job.heartbeat_at < now - STALE_AFTER)
+        .where(Job.status == "running", Job.heartbeat_at < now - stale)
         .values(status="queued", worker=None)
     )
 
 
-def claim(db: Session, worker: str, now: datetime) -> int | None:
+def claim(db: Session, worker: str, now: datetime, stale: timedelta = STALE_AFTER) -> int | None:
     """Take the oldest job due, or None."""
-    _requeue_stale(db, now)
+    _requeue_stale(db, now, stale)
     job = db.scalar(
         select(Job)
         .where(Job.status == "queued", Job.run_after <= now)
@@ -190,7 +202,7 @@ def _anything_due(rt: Runtime) -> bool:
             select(Job.id)
             .where(
                 ((Job.status == "queued") & (Job.run_after <= now))
-                | ((Job.status == "running") & (Job.heartbeat_at < now - STALE_AFTER))
+                | ((Job.status == "running") & (Job.heartbeat_at < now - stale_after(rt.settings)))
             )
             .limit(1)
         )
@@ -203,26 +215,27 @@ def run_one(rt: Runtime, worker: str) -> bool:
     if not _anything_due(rt):
         return False
     with transaction(rt.sessions) as db:
-        job_id = claim(db, worker, rt.clock())
+        job_id = claim(db, worker, rt.clock(), stale_after(rt.settings))
         kind = db.get(Job, job_id).kind if job_id else None  # type: ignore[union-attr]
     if job_id is None or kind is None:
         return False
-    try:
-        HANDLERS[kind](rt, job_id)
-    except Exception as exc:
-        log.exception("job %s (%s) failed", job_id, kind)
-        with transaction(rt.sessions) as db:
-            job = db.get(Job, job_id)
-            assert job is not None
-            if job.attempts < ATTEMPTS.get(kind, MAX_ATTEMPTS):
-                job.status = "queued"
-                backoff = timedelta(seconds=30 * 2**job.attempts)
-                job.run_after = rt.clock() + min(backoff, MAX_BACKOFF)
-            else:
-                job.status = "failed"
-                job.finished_at = rt.clock()
-            job.error = f"{exc.__class__.__name__}: {exc}"[:500]
-        return True
+    with logs.context(job_id=job_id, job_kind=kind):  # on every line the job logs
+        try:
+            HANDLERS[kind](rt, job_id)
+        except Exception as exc:
+            log.exception("job %s (%s) failed", job_id, kind)
+            with transaction(rt.sessions) as db:
+                job = db.get(Job, job_id)
+                assert job is not None
+                if job.attempts < ATTEMPTS.get(kind, MAX_ATTEMPTS):
+                    job.status = "queued"
+                    backoff = timedelta(seconds=30 * 2**job.attempts)
+                    job.run_after = rt.clock() + min(backoff, MAX_BACKOFF)
+                else:
+                    job.status = "failed"
+                    job.finished_at = rt.clock()
+                job.error = f"{exc.__class__.__name__}: {exc}"[:500]
+            return True
     with transaction(rt.sessions) as db:
         job = db.get(Job, job_id)
         assert job is not None
@@ -243,27 +256,89 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
+# --- heartbeats ------------------------------------------------------------------------
+
+
+def beat(rt: Runtime, name: str, started_at: datetime) -> None:
+    """Write the worker's row, or renew its heartbeat: a short write of its own."""
+    now = rt.clock()
+    with transaction(rt.sessions) as db:
+        row = db.get(Worker, name)
+        if row is None:
+            host, pid = socket.gethostname(), os.getpid()
+            db.add(Worker(name=name, host=host, pid=pid, started_at=started_at, beat_at=now))
+        else:
+            row.beat_at = now
+
+
+def forget(rt: Runtime, name: str) -> None:
+    """Remove the row of a worker that stops cleanly."""
+    with transaction(rt.sessions) as db:
+        db.execute(delete(Worker).where(Worker.name == name))
+
+
+def newest_beat(db: Session) -> datetime | None:
+    """When the last heartbeat of any worker was, or None when no worker ever beat."""
+    newest: datetime | None = db.scalar(select(func.max(Worker.beat_at)))
+    return newest
+
+
+@periodic("jobs.workers", timedelta(hours=1))
+def prune_workers(rt: Runtime) -> None:
+    """Remove the rows of workers that died (killed, or their process gone) a day ago."""
+    with transaction(rt.sessions) as db:
+        db.execute(delete(Worker).where(Worker.beat_at < rt.clock() - WORKERS_KEPT))
+
+
 class WorkerThread(threading.Thread):
-    """The in-process worker of an embedded instance (`make run`)."""
+    """A worker: the job thread of each web process (`jobs.in_process`, as `make run`
+    does), or the one of `securex worker`. Its row in `workers` is written when it starts,
+    renewed every `BEAT_EVERY` seconds by a companion thread (so that a job of several
+    minutes, a batch of 500 acts, does not make it look dead) and deleted when it stops."""
 
     def __init__(self, rt: Runtime, poll_seconds: float = 1.0) -> None:
         super().__init__(name="securex-worker", daemon=True)
         self.rt = rt
         self.poll_seconds = poll_seconds
         self.stopping = threading.Event()
+        self._finished = threading.Event()
 
     def run(self) -> None:
         name = worker_name()
+        started = self.rt.clock()
+        self._beat(name, started)
+        heart = threading.Thread(
+            target=self._heartbeat, args=(name, started), name="securex-heartbeat", daemon=True
+        )
+        heart.start()
         last: dict[str, datetime] = {}
-        while not self.stopping.is_set():
-            run_periodic(self.rt, last)
+        try:
+            while not self.stopping.is_set():
+                run_periodic(self.rt, last)
+                try:
+                    busy = run_one(self.rt, name)
+                except Exception:
+                    log.exception("worker poll failed")
+                    busy = False
+                if not busy:
+                    self.stopping.wait(self.poll_seconds)
+        finally:
+            self._finished.set()
+            heart.join()
             try:
-                busy = run_one(self.rt, name)
-            except Exception:
-                log.exception("worker poll failed")
-                busy = False
-            if not busy:
-                self.stopping.wait(self.poll_seconds)
+                forget(self.rt, name)
+            except Exception as exc:  # the housekeeping removes it later
+                log.warning("worker row not removed (%s)", exc.__class__.__name__)
+
+    def _beat(self, name: str, started: datetime) -> None:
+        try:
+            beat(self.rt, name, started)
+        except Exception as exc:  # the database is down: /readyz says so already
+            log.warning("worker heartbeat failed (%s)", exc.__class__.__name__)
+
+    def _heartbeat(self, name: str, started: datetime) -> None:
+        while not self._finished.wait(BEAT_EVERY):
+            self._beat(name, started)
 
     def stop(self) -> None:
         self.stopping.set()

@@ -56,6 +56,8 @@ class Act(Base):
     officer_name: Mapped[str | None] = mapped_column(String(120))
     document_id: Mapped[str | None] = mapped_column(ForeignKey("vault_objects.id"))
     imported: Mapped[bool] = mapped_column(Boolean, default=False)
+    # When the archive renewal looks at the signed PDF again (securex/registry/renewal.py).
+    renew_after: Mapped[date | None] = mapped_column(Date, index=True)
 
 
 class ActIndex(Base):
@@ -108,6 +110,7 @@ class Mention(Base):
     # A répertoire civil mention that strikes out (radie) an earlier one.
     strikes_id: Mapped[int | None] = mapped_column(ForeignKey("mentions.id"))
     avis_id: Mapped[int | None] = mapped_column(ForeignKey("avis.id"))
+    renew_after: Mapped[date | None] = mapped_column(Date, index=True)
 
 
 class AvisStatus(StrEnum):

@@ -976,9 +976,13 @@ def request_delivery(
     now: datetime,
     vault: Vault,
     all_marriages: bool = False,
+    record_event: bool = True,
 ) -> int:
     """Ask for a copy or extrait; it waits for the officier's signature. Who may obtain
-    what is decided before this call (comedec.rules for requests from outside)."""
+    what is decided before this call (comedec.rules for requests from outside). With
+    `record_event=False` the caller records `delivery_requested` itself, later in the
+    same transaction (an automatic issue does it after the slow signature, so that the
+    audit log's head is not held meanwhile)."""
     _check_tenant(actor, insee)
     act = _load_act(db, insee, act_id)
     try:
@@ -1009,16 +1013,27 @@ def request_delivery(
             requested_at=now,
         )
         db.add(delivery)
+        db.flush()
+    if record_event:
+        delivery_requested(db, actor, insee, delivery.id, now=now)
+    return delivery.id
+
+
+def delivery_requested(
+    db: Session, actor: Actor, insee: str, delivery_id: int, *, now: datetime
+) -> None:
+    """The `registry:delivery:requested` event of a delivery."""
+    delivery = db.get(Delivery, delivery_id)
+    assert delivery is not None
     record(
         db,
         EventType.DELIVERY_REQUESTED,
         actor=str(actor),
         subject=f"delivery:{delivery.id}",
         tenant=insee,
-        details={"act": act.id, "kind": delivery_kind.value},
+        details={"act": delivery.act_id, "kind": delivery.kind},
         now=now,
     )
-    return delivery.id
 
 
 def _delivery_record(row: Delivery) -> DeliveryRecord:
@@ -1239,11 +1254,18 @@ def _check_signatory(signing: OfficerSigning, kind: str) -> None:
 
 
 def sign_item(
-    db: Session, ref: str, *, signing: OfficerSigning, now: datetime, vault: Vault
+    db: Session,
+    ref: str,
+    *,
+    signing: OfficerSigning,
+    now: datetime,
+    vault: Vault,
+    before_events: Callable[[], None] | None = None,
 ) -> str:
     """Render, sign and store one waiting item; returns a French line saying what was
     signed. The caller commits (one transaction per item: each succeeds or fails on
-    its own)."""
+    its own). `before_events` runs once the slow part is done, before the item's own
+    audit events (a delivery only)."""
     kind, ident = parse_ref(ref)
     insee, actor = signing.insee, signing.actor
     _check_signatory(signing, kind)
@@ -1254,7 +1276,7 @@ def sign_item(
         if kind == "mention":
             return _sign_mention(db, actor, tenant, ident, signing, now, vault)
         if kind == "delivery":
-            return _sign_delivery(db, actor, tenant, ident, signing, now, vault)
+            return _sign_delivery(db, actor, tenant, ident, signing, now, vault, before_events)
         return _sign_avis(db, actor, tenant, ident, signing, now, vault)
 
 
@@ -1371,6 +1393,7 @@ def _sign_delivery(
     signing: OfficerSigning,
     now: datetime,
     vault: Vault,
+    before_events: Callable[[], None] | None = None,
 ) -> str:
     delivery = db.get(Delivery, delivery_id)
     if delivery is not None and delivery.tenant_id != tenant.id:
@@ -1398,6 +1421,8 @@ def _sign_delivery(
     delivery.signer_name = signing.name
     delivery.signed_at = now
     delivery.status = Status.SIGNED.value
+    if before_events is not None:
+        before_events()
     for hook in delivery_issued_hooks:
         hook(db, delivery.id, now)
     record(

@@ -8,6 +8,7 @@ No PDF or CMS structure is built here: everything goes through pyHanko.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import logging
@@ -21,6 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cryptography import x509
+from prometheus_client import Counter
 from pyhanko.pdf_utils.font.opentype import GlyphAccumulator, GlyphAccumulatorFactory
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
 from pyhanko.pdf_utils.misc import PdfError, PdfReadError
@@ -58,6 +60,10 @@ ROLE = "Officier de l'état civil"
 # signer's chain (3 RSA-3072 certificates, ~4.5 KiB), the signature and, from B-T on,
 # a timestamp token carrying the TSA's chain. Checked by the tests at every level.
 RESERVED = {"B-B": 12 * 1024, "B-T": 24 * 1024, "B-LT": 24 * 1024, "B-LTA": 24 * 1024}
+
+# Every signature securex makes goes through `sign`, whoever asks (an officier, a batch,
+# a commune's seal): counted here, in this process, and served by /metrics.
+SIGNATURES = Counter("securex_signatures", "PAdES signatures produced, by level.", ["level"])
 
 
 class Level(StrEnum):
@@ -242,6 +248,8 @@ def sign(data: bytes, setup: SigningSetup, appearance: Appearance, now: datetime
                 "(signing.stamp_page)."
             ) from None
         raise SigningRefused(f"Ce PDF ne peut pas être signé ({exc}).") from None
+    with contextlib.suppress(OSError):  # a metrics file that cannot be written fails nothing
+        SIGNATURES.labels(level=level.value).inc()
     return out.getvalue()
 
 
@@ -269,10 +277,7 @@ def signer_certificate(data: bytes) -> x509.Certificate | None:
     return x509.load_der_x509_certificate(signatures[0].signer_cert.dump())
 
 
-def renewal_reason(data: bytes, now: datetime, margin: timedelta) -> str | None:
-    """Why this document needs a fresh archival timestamp now, or None: its last
-    document timestamp's TSA certificate expires within `margin`, or uses a digest that
-    no longer protects anything. A document below B-LTA is refused."""
+def _last_archive_timestamp(data: bytes) -> Any:
     reader = inspect(data)
     stamps = [s for s in reader.embedded_signatures if s.sig_object.get("/Type") == "/DocTimeStamp"]
     if not stamps:
@@ -280,9 +285,26 @@ def renewal_reason(data: bytes, now: datetime, margin: timedelta) -> str | None:
             "Ce document n'a pas d'horodatage d'archivage (niveau inférieur à B-LTA) : "
             "il ne se renouvelle pas ; signez-le au niveau B-LTA."
         )
-    last = stamps[-1]
-    cert = last.signer_cert
-    expires = cert["tbs_certificate"]["validity"]["not_after"].native
+    return stamps[-1]
+
+
+def _expiry(stamp: Any) -> datetime:
+    expires: datetime = stamp.signer_cert["tbs_certificate"]["validity"]["not_after"].native
+    return expires
+
+
+def archive_expiry(data: bytes) -> datetime:
+    """When the certificate of the document's last archival timestamp expires: the
+    document must be renewed before then. A document below B-LTA is refused."""
+    return _expiry(_last_archive_timestamp(data))
+
+
+def renewal_reason(data: bytes, now: datetime, margin: timedelta) -> str | None:
+    """Why this document needs a fresh archival timestamp now, or None: its last
+    document timestamp's TSA certificate expires within `margin`, or uses a digest that
+    no longer protects anything. A document below B-LTA is refused."""
+    last = _last_archive_timestamp(data)
+    expires = _expiry(last)
     if expires - now < margin:
         return f"certificat d'horodatage expirant le {expires.astimezone(PARIS):%d/%m/%Y}"
     digest = last.md_algorithm

@@ -226,6 +226,49 @@ def encrypt_stream(
         filled = 1 + _fill(readinto, plain[1:])
 
 
+class StreamWriter:
+    """The push counterpart of :func:`encrypt_stream`, for producers that hand over the
+    plaintext piece by piece (a tar archive being written): ``write`` seals every full
+    segment once more data follows it, ``close`` seals the last one (possibly full, never
+    an empty one after full ones). Writes the header first. Not thread-safe."""
+
+    def __init__(
+        self, dst: BinaryIO, *, dek: bytes, header: Header, tenant: str, object_id: str
+    ) -> None:
+        self._cipher = SegmentCipher(dek=dek, header=header, tenant=tenant, object_id=object_id)
+        self._dst = dst
+        self._seg = header.segment_size
+        self._buf = bytearray()
+        self._sealed = memoryview(bytearray(self._seg + TAG_SIZE))
+        self._index = 0
+        self.closed = False
+        self.size = 0  # plaintext bytes written so far
+        _write_all(dst, header.to_bytes())
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.closed:
+            raise ValueError("write to a closed StreamWriter")
+        self._buf += data
+        self.size += len(data)
+        # A full segment stays until more data shows it is not the last one.
+        while len(self._buf) > self._seg:
+            self._seal(bytes(self._buf[: self._seg]), last=False)
+            del self._buf[: self._seg]
+        return len(data)
+
+    def _seal(self, plain: bytes, *, last: bool) -> None:
+        n = self._cipher.seal_into(self._index, last, memoryview(plain), self._sealed)
+        _write_all(self._dst, self._sealed[:n])
+        self._index += 1
+
+    def close(self) -> None:
+        """Seal the final segment. The destination is left open (the caller's)."""
+        if not self.closed:
+            self._seal(bytes(self._buf), last=True)
+            self._buf.clear()
+            self.closed = True
+
+
 def iter_decrypt(
     src: BinaryIO,
     *,
