@@ -17,15 +17,17 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     engine = make_engine(config.get_main_option("sqlalchemy.url"))
-    with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-    engine.dispose()
+    try:
+        with engine.connect() as connection:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=connection.dialect.name == "sqlite",
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+    finally:  # a failed migration must not leave its connection open
+        engine.dispose()
 
 
 if context.is_offline_mode():

@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, Protocol, cast
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, MetaData, Table, func, inspect, select, text, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 from securex import __version__
@@ -50,7 +50,7 @@ from securex.audit.models import AuditHead
 from securex.audit.proofs import checkpoint_json, latest_checkpoint
 from securex.db import make_engine, reading, transaction, upgrade
 from securex.errors import ConfigError, SecurexError
-from securex.vault import IntegrityError, KeyUnavailable, MasterKeySource, Vault
+from securex.vault import IntegrityError, MasterKeySource, Vault
 from securex.vault.master import MasterKey
 from securex.vault.models import Shred, VaultObject
 from securex.vault.stream import StreamWriter, iter_decrypt, new_header, read_header
@@ -264,12 +264,28 @@ def _read_preamble(src: BinaryIO) -> tuple[bytes, dict[str, Any]]:
     return raw, preamble
 
 
+def _check_params(params: Any) -> None:
+    """Argon2 parameters from the clear preamble are unauthenticated until the key opens
+    the stream: bounded, so that an altered file cannot ask for terabytes of memory."""
+    try:
+        bounded = (
+            int(params["time_cost"]) <= 16
+            and int(params["memory_cost"]) <= 4 * 1024 * 1024
+            and int(params["parallelism"]) <= 64
+        )
+    except (KeyError, TypeError, ValueError):
+        bounded = False
+    if not bounded:
+        raise BackupError.damaged()
+
+
 def _masters(source: MasterKeySource, preamble: dict[str, Any]) -> list[MasterKey]:
     """The provider's keys. A passphrase instance's Argon2 parameters come from the
     preamble when the folder has none (an off-site machine verifying a backup)."""
     params = preamble.get("passphrase_params")
     if source.provider != "passphrase" or not params or source.params_file.exists():
         return source.load()
+    _check_params(params)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "master.json"
         path.write_text(json.dumps(params))
@@ -285,7 +301,7 @@ def _open_stream(src: BinaryIO, raw: bytes, masters: list[MasterKey]) -> Iterato
     for master in masters:
         try:
             dek = master.unwrap(header.wrapped_key, context)
-        except (IntegrityError, KeyUnavailable):
+        except IntegrityError:
             continue
         return iter_decrypt(src, dek=dek, header=header, tenant=AAD_TENANT, object_id=binding)
     raise BackupError(
@@ -435,12 +451,22 @@ def create(
     skipped = _copy_blobs(vault, objects, archive, bars)
     ledger = settings.instance / LEDGER
     ledger_text = ledger.read_bytes() if ledger.exists() else b""
-    # Another node's shreddings are in its own ledger file, but all are in the table.
+    # Shreddings made meanwhile, by any node: in the table; this node's ledger file only
+    # has its own. They join the ledger member, which a restore replays.
     with sessions() as db:
-        shredded_since = set(
-            db.scalars(select(Shred.object_id).where(Shred.object_id.in_(skipped or [""])))
-        )
+        reading(db)
+        meanwhile = db.execute(
+            select(Shred.object_id, Shred.tenant, Shred.shredded_at).where(Shred.shredded_at >= now)
+        ).all()
         db.rollback()
+    known = {json.loads(line)["object"] for line in ledger_text.splitlines() if line.strip()}
+    extra = [
+        json.dumps({"object": oid, "tenant": tenant, "at": at.isoformat()}, sort_keys=True)
+        for oid, tenant, at in meanwhile
+        if oid not in known
+    ]
+    ledger_text += "".join(f"{line}\n" for line in extra).encode()
+    shredded_since = known | {oid for oid, _, _ in meanwhile}
     if set(skipped) - shredded_since:
         raise BackupError(
             f"{len(set(skipped) - shredded_since)} document(s) du coffre sont introuvables "
@@ -524,7 +550,9 @@ def _copy_blobs(
             try:
                 with fh:
                     archive.add_stream(f"blobs/{object_id}", fh, size)
-            except OSError:  # tarfile: "unexpected end of data"
+                    if fh.read(1):
+                        raise OSError("longer than recorded")
+            except OSError:  # tarfile: "unexpected end of data", or longer
                 raise BackupError(
                     f"Le document {object_id} est abîmé dans le stockage (taille inattendue) : "
                     "lancez « securex vault verify »."
@@ -573,13 +601,14 @@ def _walk(
                         manifest_raw = fh.read()
                         continue
                     hashing = _Hashing(fh)  # type: ignore[arg-type]
-                    if name == "backup.json":
-                        data = hashing.read()
-                        info = json.loads(data)
+                    if name == "backup.json" and info is None:
+                        info = json.loads(hashing.read(MAX_PREAMBLE))
+                        if not isinstance(info, dict):
+                            raise BackupError.damaged()
                     elif info is None:
                         raise BackupError.damaged()
                     elif consume is not None:
-                        consume(name, info, hashing)  # type: ignore[arg-type]
+                        _consume(consume, name, info, hashing)
                     while hashing.read(1024 * 1024):
                         pass
                     seen.append([name, hashing.size, hashing.sha.hexdigest()])
@@ -587,26 +616,40 @@ def _walk(
             # last segments (and the final flag) are checked too.
             while plain.read(1024 * 1024):
                 pass
-        except (IntegrityError, tarfile.TarError, EOFError, ValueError, KeyError):
+        except (IntegrityError, tarfile.TarError, EOFError, ValueError, KeyError, TypeError):
             raise BackupError.damaged() from None
     if info is None or manifest_raw is None or signature is None:
         raise BackupError.damaged()
-    manifest = json.loads(manifest_raw)
     try:
+        manifest = json.loads(manifest_raw)
         _, _, public_key = parse_verifier_key(manifest["verifier"])
         public_key.verify(signature, manifest_raw)
-    except (ProofError, InvalidSignature, KeyError):
-        raise BackupError.damaged() from None
-    if manifest["members"] != seen or manifest["backup_id"] != preamble["backup_id"]:
-        raise BackupError.damaged()
-    if manifest["checkpoint"] is not None:
-        try:
-            checkpoint = open_note(manifest["checkpoint"]["note"], manifest["verifier"])
-        except ProofError:
-            raise BackupError.damaged() from None
-        if checkpoint.size != manifest["checkpoint"]["size"]:
+        if manifest["members"] != seen or manifest["backup_id"] != preamble["backup_id"]:
             raise BackupError.damaged()
+        if manifest["checkpoint"] is not None:
+            checkpoint = open_note(manifest["checkpoint"]["note"], manifest["verifier"])
+            if checkpoint.size != manifest["checkpoint"]["size"]:
+                raise BackupError.damaged()
+    except (ProofError, InvalidSignature, KeyError, TypeError, ValueError):
+        raise BackupError.damaged() from None
     return preamble, info, manifest
+
+
+def _consume(consume: Consumer, name: str, info: dict[str, Any], src: _Hashing) -> None:
+    """A member written into the target; what fails there is said for what it is."""
+    try:
+        consume(name, info, src)  # type: ignore[arg-type]
+    except OSError as exc:
+        raise BackupError(
+            f"Écriture impossible dans l'instance cible ({exc.strerror or type(exc).__name__}"
+            " : disque plein ?). Rien n'a été restauré."
+        ) from None
+    except (DBAPIError, StatementError) as exc:
+        raise BackupError(
+            "La base cible a refusé une écriture "
+            f"({type(getattr(exc, 'orig', exc)).__name__}) : sauvegarde altérée, ou base "
+            "inaccessible. Rien n'a été restauré."
+        ) from None
 
 
 def _summary(info: dict[str, Any], manifest: dict[str, Any]) -> Summary:
@@ -636,11 +679,16 @@ def verify(
         _, info, manifest = _walk(src, source, bars, path.stat().st_size, None)
     summary = _summary(info, manifest)
     if verifier is not None and verifier.strip() != manifest["verifier"]:
-        raise BackupError(
-            "La sauvegarde n'est pas signée par la clé de journal attendue : elle ne vient "
-            "pas de cette instance, ou a été refaite par quelqu'un d'autre."
-        )
+        raise _not_signed_by(restoring=False)
     return summary
+
+
+def _not_signed_by(*, restoring: bool) -> BackupError:
+    return BackupError(
+        "La sauvegarde n'est pas signée par la clé de journal attendue : elle ne vient "
+        "pas de cette instance, ou a été refaite par quelqu'un d'autre."
+        + (" Rien n'a été restauré." if restoring else "")
+    )
 
 
 # --- restore -----------------------------------------------------------------------
@@ -740,6 +788,9 @@ class _Restorer:
             raise BackupError.damaged()
 
     def _file(self, rel: str, src: BinaryIO) -> None:
+        # Only what `create` writes: never the master key's files or the database.
+        if rel not in (*INSTANCE_FILES, LEDGER) and rel.split("/")[0] not in INSTANCE_FOLDERS:
+            raise BackupError.damaged()
         target = self.settings.instance / rel
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = target.with_name(f".{target.name}.restore")
@@ -801,39 +852,46 @@ def _is_int(kind: Any) -> bool:
 def _wipe(settings: Any, kept: set[Path]) -> None:
     """Undo a failed restore: the target goes back to what it was (empty, but for the
     master key's files and the folders that were there)."""
-    database = _sqlite_path(settings.database_url)
-    if database is not None:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            Path(f"{database}{suffix}").unlink(missing_ok=True)
-    else:
-        engine = make_engine(settings.database_url)
-        try:
-            meta = MetaData()
-            meta.reflect(bind=engine)
-            meta.drop_all(bind=engine)
-        finally:
-            engine.dispose()
-    root: Path = settings.instance
-    for path in sorted(root.rglob("*"), reverse=True):
-        if path in kept:
-            continue
-        if path.is_dir() and not path.is_symlink():
-            if not any(path.iterdir()):
-                path.rmdir()
+    try:
+        database = _sqlite_path(settings.database_url)
+        if database is not None:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{database}{suffix}").unlink(missing_ok=True)
         else:
-            path.unlink(missing_ok=True)
+            engine = make_engine(settings.database_url)
+            try:
+                meta = MetaData()
+                meta.reflect(bind=engine)
+                meta.drop_all(bind=engine)
+                with engine.begin() as conn:
+                    # The one object of the migrations that is not a table (0001).
+                    conn.execute(text("DROP FUNCTION IF EXISTS audit_append_only() CASCADE"))
+            finally:
+                engine.dispose()
+    finally:  # the files go even when the database cannot be reached
+        root: Path = settings.instance
+        for path in sorted(root.rglob("*"), reverse=True):
+            if path in kept:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
 
 
-def _merge_ledgers(instance: Path, extra: list[Path]) -> None:
-    """Append to the restored ledger the lines of later ledgers (the lost instance's,
-    kept off-site) that it does not have yet."""
-    ledger = instance / LEDGER
-    known = set(ledger.read_text().splitlines()) if ledger.exists() else set()
-    new = []
-    for path in extra:
-        for line in path.read_text().splitlines():
+def _read_ledgers(paths: list[Path]) -> list[str]:
+    """The lines of later ledgers (the lost instance's nodes', kept off-site), checked
+    before anything is restored."""
+    lines = []
+    for path in paths:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            raise ConfigError(f"Registre de destruction illisible : {path}.") from None
+        for line in text.splitlines():
             line = line.strip()
-            if not line or line in known:
+            if not line:
                 continue
             try:
                 entry = json.loads(line)
@@ -842,8 +900,15 @@ def _merge_ledgers(instance: Path, extra: list[Path]) -> None:
                 datetime.fromisoformat(entry["at"])
             except (ValueError, KeyError, TypeError):
                 raise ConfigError(f"{path} n'est pas un registre de destruction securex.") from None
-            known.add(line)
-            new.append(line)
+            lines.append(line)
+    return lines
+
+
+def _merge_ledgers(instance: Path, lines: list[str]) -> None:
+    """Append to the restored ledger the lines it does not have yet."""
+    ledger = instance / LEDGER
+    known = set(ledger.read_text().splitlines()) if ledger.exists() else set()
+    new = [line for line in dict.fromkeys(lines) if line not in known]
     if new:
         with ledger.open("a") as fh:
             fh.write("".join(f"{line}\n" for line in new))
@@ -867,6 +932,7 @@ def restore(
     source: MasterKeySource,
     ledgers: list[Path],
     now: datetime,
+    verifier: str | None = None,
     bars: Bars = no_bars,
 ) -> tuple[Summary, Vault]:
     """Rebuild an instance from a backup into an empty folder and database, then replay
@@ -877,9 +943,7 @@ def restore(
     from securex.vault import open_vault
     from securex.vault.blobs import FilesystemBlobStore
 
-    for extra in ledgers:
-        if not extra.is_file():
-            raise ConfigError(f"Registre de destruction introuvable : {extra}.")
+    later = _read_ledgers(ledgers)
     check_target(settings)
     root: Path = settings.instance
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -889,6 +953,7 @@ def restore(
     with _undo_on_failure(settings, kept):
         params = root / "keys" / "master.json"
         if preamble.get("passphrase_params") and not params.exists():
+            _check_params(preamble["passphrase_params"])
             params.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             from securex.vault.master import write_secret_file
 
@@ -900,14 +965,22 @@ def restore(
                 _, info, manifest = _walk(src, source, bars, path.stat().st_size, restorer)
             if restorer.conn is None:
                 raise BackupError.damaged()
-            restorer.finish()
+            if verifier is not None and verifier.strip() != manifest["verifier"]:
+                raise _not_signed_by(restoring=True)
+            try:
+                restorer.finish()
+            except DBAPIError as exc:
+                raise BackupError(
+                    f"La base cible a refusé l'enregistrement ({type(exc.orig).__name__}). "
+                    "Rien n'a été restauré."
+                ) from None
         except BaseException:
             restorer.abandon()
             raise
         finally:
             engine.dispose()
         upgrade(settings.database_url, "head")
-        _merge_ledgers(root, ledgers)
+        _merge_ledgers(root, later)
         vault = open_vault(source, root)
         summary = _summary(info, manifest)
         engine = make_engine(settings.database_url)

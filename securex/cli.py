@@ -773,6 +773,12 @@ def _publish(tmp: Path, out: Path) -> None:
         os.link(tmp, out)
     except FileExistsError:
         raise ConfigError(f"{out} existe déjà : choisissez un autre fichier de sortie.") from None
+    except OSError:  # a share without hard links (SMB, some NFS): check, then rename
+        if out.exists():
+            raise ConfigError(
+                f"{out} existe déjà : choisissez un autre fichier de sortie."
+            ) from None
+        os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -893,6 +899,18 @@ def backup() -> None:
     """Sauvegardes chiffrées de l'instance : créer, vérifier, restaurer."""
 
 
+@contextmanager
+def _writing(out: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(
+            f"Sauvegarde {out} impossible ({exc.strerror or type(exc).__name__}) : disque "
+            "plein, dossier en lecture seule, ou fichier de l'instance illisible ? Rien n'a "
+            "été écrit."
+        ) from None
+
+
 def _bars(label: str, total: int) -> Any:
     return click.progressbar(length=max(total, 0), label=label, file=sys.stderr)
 
@@ -927,7 +945,7 @@ def backup_create(ctx: Context, out: Path) -> None:
     tmp = _atomic_output(out)
     now = utcnow()
     try:
-        with open(tmp, "xb") as fh:
+        with _writing(out), open(tmp, "xb") as fh:
             os.fchmod(fh.fileno(), 0o600)
             summary = backups.create(
                 fh,
@@ -989,8 +1007,17 @@ def backup_verify(ctx: Context, source: Path, verifier: str | None) -> None:
     help="Registre de destruction plus récent que la sauvegarde (keys/shred-ledger.jsonl "
     "de l'instance perdue, ou sa copie) : rejoué lui aussi. Répétable.",
 )
+@click.option(
+    "--verifier",
+    "verifier",
+    default=None,
+    help="Clé de vérification attendue (sortie de « securex audit public-key », publiée "
+    "aux témoins) : une sauvegarde signée par une autre clé est refusée.",
+)
 @pass_ctx
-def backup_restore(ctx: Context, source: Path, ledgers: tuple[Path, ...]) -> None:
+def backup_restore(
+    ctx: Context, source: Path, ledgers: tuple[Path, ...], verifier: str | None
+) -> None:
     """Reconstruire l'instance depuis SOURCE dans un dossier SECUREX_INSTANCE vide et une
     base vide, rejouer les destructions, puis vérifier chaque document et le journal."""
     from securex import backup as backups
@@ -1003,10 +1030,16 @@ def backup_restore(ctx: Context, source: Path, ledgers: tuple[Path, ...]) -> Non
         source=ctx.master_source,
         ledgers=list(ledgers),
         now=now,
+        verifier=verifier,
         bars=_bars,
     )
     ctx.__dict__["vault"] = vault
     click.echo(f"Restaurée : {_describe(summary)}.")
+    if verifier is None:
+        click.echo(
+            f"  Signée par {summary.verifier} : comparez-la à la clé publiée aux témoins "
+            "(ou passez --verifier)."
+        )
     click.echo(f"  {summary.shredded} document(s) détruit(s) de nouveau d'après le registre.")
     count, damaged = _check_vault(ctx)
     report, checkpoints = _check_audit(ctx)

@@ -205,7 +205,13 @@ def test_ransomware_drill(tmp_path, database_url, empty_url):
         SECUREX_MASTER_KEY_FILE=str(escrow / "master.key"),
     )
     restored = new(
-        "backup", "restore", str(backup), "--shred-ledger", str(escrow / "shred-ledger.jsonl")
+        "backup",
+        "restore",
+        str(backup),
+        "--shred-ledger",
+        str(escrow / "shred-ledger.jsonl"),
+        "--verifier",
+        verifier,
     )
     assert f"Restaurée : sauvegarde {backup_id}" in restored.output
     assert "1 document(s) détruit(s) de nouveau" in restored.output
@@ -299,6 +305,17 @@ def test_a_damaged_backup_is_refused_and_restores_nothing(tmp_path, database_url
     # Signed by another log's key: refused when the expected key is given.
     result = cli("backup", "verify", str(backup), "--verifier", "x+00000000+AAAA", ok=False)
     assert result.exit_code == 65 and "clé de journal attendue" in result.output
+
+    # Signed by another key than the one given: refused at restore too, nothing left.
+    result = restore("backup", "restore", str(backup), "--verifier", "x+00000000+AAAA", ok=False)
+    assert result.exit_code == 65 and "Rien n'a été restauré" in result.output
+    nothing_restored()
+    # Even a backup whose signature checks may only write the instance's own files.
+    writer = backups._Restorer(restore.settings(), None, None, backups.no_bars)  # type: ignore[arg-type]
+    for name in ("keys/master.key", "keys/master.json", "securex.db", "logs/x", "notes.txt"):
+        with pytest.raises(backups.BackupError):
+            writer._file(name, io.BytesIO(b"X" * 32))
+    nothing_restored()
 
     # A target that is not empty is refused before anything is read.
     (target / "notes.txt").write_text("x")

@@ -260,8 +260,8 @@ def test_the_shipped_site_in_front_of_securex(proxy, tmp_path, database_url):
     assert response.status == 301
     assert response.headers["Location"] == "https://127.0.0.1/login?suite=1"
 
-    # /metrics never reaches the app (which would add its CSP), however it is spelt.
-    for path in ("/metrics", "/%6detrics", "//metrics", "/metrics?format=text"):
+    # /metrics and /readyz never reach the app (which would add its CSP), however spelt.
+    for path in ("/metrics", "/%6detrics", "//metrics", "/metrics?format=text", "/readyz"):
         status, headers, _ = https(px, "GET", path)
         assert status == 404 and "Content-Security-Policy" not in headers, path
 

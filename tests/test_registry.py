@@ -802,11 +802,35 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_signs_nothing_twice(reg, se
     assert all(reg.act(a).status == "signed" for a in acts)
 
 
-def test_the_archive_renews_signed_acts_before_their_timestamp_expires(reg, settings):
+def test_a_live_worker_keeps_its_long_job_and_a_dead_one_loses_it(reg):
+    """A job's heartbeat is renewed by its worker's heartbeat too, not only at each item:
+    a single long step (a pli of several GiB) is not taken over while its worker lives."""
+    from securex.jobs.service import beat, claim, stale_after
+
+    act = reg.draft()
+    reg.clock.advance(seconds=30)
+    job_id = reg.batch([f"act:{act}"])
+    stale = stale_after(reg.rt.settings)
+    with transaction(reg.factory) as db:
+        assert claim(db, "node-a:1:1", reg.clock(), stale) == job_id
+    reg.clock.advance(minutes=4)
+    beat(reg.rt, "node-a:1:1", reg.clock())
+    reg.clock.advance(minutes=4)  # 8 minutes after the claim, 4 after the last beat
+    with transaction(reg.factory) as db:
+        assert claim(db, "node-b:2:2", reg.clock(), stale) is None
+    reg.clock.advance(minutes=2)  # node A is silent for 6 minutes: dead
+    with transaction(reg.factory) as db:
+        assert claim(db, "node-b:2:2", reg.clock(), stale) == job_id
+        assert db.get(Job, job_id).worker == "node-b:2:2"
+
+
+def test_the_archive_renews_signed_acts_before_their_timestamp_expires(
+    reg, settings, monkeypatch, caplog
+):
     from pyhanko.pdf_utils.reader import PdfFileReader
 
-    from securex.registry.models import Act, Mention
-    from securex.registry.renewal import RETRY, renew_documents
+    from securex.registry import renewal
+    from securex.registry.models import Act
     from securex.signing import pades
 
     act_id = reg.draft()
@@ -814,26 +838,45 @@ def test_the_archive_renews_signed_acts_before_their_timestamp_expires(reg, sett
     first = reg.act(act_id).document_id
     with reg.factory() as db:
         signed = reg.vault.read_all(db, MDM, first)
+    expires = pades.archive_expiry(signed)
     margin = timedelta(days=int(settings["signing.renew_margin_days"]))
     # Not due: the demo TSA's certificate outlives the margin. Looked at once, then
-    # not before its expiry minus the margin.
-    assert renew_documents(reg.rt) == 0
+    # not before the day after its expiry minus the margin.
+    assert renewal.renew_documents(reg.rt) == 0
     with reg.factory() as db:
         act = db.get(Act, act_id)
         assert act.document_id == first
-        assert act.renew_after == (pades.archive_expiry(signed) - margin).date()
-    assert renew_documents(reg.rt) == 0  # nothing due today
-    # The certificate now expires within the margin (a margin longer than its life).
+        assert act.renew_after == (expires - margin).date() + timedelta(days=1)
+    assert renewal.renew_documents(reg.rt) == 0  # nothing due today
+
+    def due_again() -> None:
+        with transaction(reg.factory) as db:
+            db.execute(update(Act).values(renew_after=reg.clock().date()))
+
+    # Due (a margin longer than the certificate's life), but the only TSA's certificate
+    # expires no later: a new copy would buy nothing. Said, and not tried for 30 days.
     settings.values["signing"]["renew_margin_days"] = 36500
-    with transaction(reg.factory) as db:
-        db.execute(update(Act).values(renew_after=reg.clock().date()))
-    assert renew_documents(reg.rt) == 1
+    due_again()
+    assert renewal.renew_documents(reg.rt) == 0
+    assert "replace the TSA" in caplog.text
+    with reg.factory() as db:
+        act = db.get(Act, act_id)
+        assert (act.document_id, act.renew_after) == (first, (reg.clock() + renewal.RETRY).date())
+    # A document whose last timestamp expires sooner than a fresh one: renewed.
+    real = renewal._status
+    monkeypatch.setattr(
+        renewal,
+        "_status",
+        lambda data, now, m: (lambda r, e: (r, e - timedelta(days=10)))(*real(data, now, m)),
+    )
+    due_again()
+    assert renewal.renew_documents(reg.rt) == 1
     renewed = reg.act(act_id).document_id
     assert renewed != first
     with reg.factory() as db:
         fresh = reg.vault.read_all(db, MDM, renewed)
         act = db.get(Act, act_id)
-        assert act.renew_after == (reg.clock() + RETRY).date()
+        assert act.renew_after == (reg.clock() + renewal.RETRY).date()
         # The previous version stays in the vault, untouched.
         assert reg.vault.read_all(db, MDM, first) == signed
     assert fresh.startswith(signed)  # an incremental update: the signature still covers it
@@ -846,9 +889,29 @@ def test_the_archive_renews_signed_acts_before_their_timestamp_expires(reg, sett
     (event,) = events(reg.factory, "signing:document:timestamp-renewed")
     assert event.tenant == MDM and event.actor == "system:archive"
     assert json.loads(event.details)["act"] == act_id
-    assert renew_documents(reg.rt) == 0  # not again before RETRY
+    assert renewal.renew_documents(reg.rt) == 0  # not again before RETRY
+
+
+def test_a_failing_archive_renewal_waits_a_day_and_spares_the_others(reg, monkeypatch, caplog):
+    from securex.registry import renewal
+    from securex.registry.models import Act
+
+    acts = [reg.draft(content=naissance(prenoms=f"Enfant {n}")) for n in range(2)]
+    for act_id in acts:
+        reg.sign(f"act:{act_id}")
+
+    def broken(data, now, margin):
+        raise OSError("TSA unreachable")
+
+    monkeypatch.setattr(renewal, "_status", broken)
+    assert renewal.renew_documents(reg.rt) == 0
+    assert caplog.text.count("archive renewal of Act") == 2  # both tried, neither blocks
     with reg.factory() as db:
-        assert db.scalar(select(func.count()).select_from(Mention)) == 0
+        for act_id in acts:
+            assert db.get(Act, act_id).renew_after == reg.clock().date() + timedelta(days=1)
+    caplog.clear()
+    assert renewal.renew_documents(reg.rt) == 0  # claimed until tomorrow: not tried again
+    assert "archive renewal" not in caplog.text
 
 
 def test_a_revoked_officer_signs_nothing_at_any_level(reg, demo_pki, settings):

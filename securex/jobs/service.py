@@ -227,6 +227,8 @@ def run_one(rt: Runtime, worker: str) -> bool:
             with transaction(rt.sessions) as db:
                 job = db.get(Job, job_id)
                 assert job is not None
+                if job.worker != worker or job.status != "running":
+                    return True  # taken over meanwhile: the new owner decides
                 if job.attempts < ATTEMPTS.get(kind, MAX_ATTEMPTS):
                     job.status = "queued"
                     backoff = timedelta(seconds=30 * 2**job.attempts)
@@ -239,8 +241,9 @@ def run_one(rt: Runtime, worker: str) -> bool:
     with transaction(rt.sessions) as db:
         job = db.get(Job, job_id)
         assert job is not None
-        job.status = "done"
-        job.finished_at = rt.clock()
+        if job.worker == worker and job.status == "running":  # else taken over meanwhile
+            job.status = "done"
+            job.finished_at = rt.clock()
     return True
 
 
@@ -253,7 +256,10 @@ def run_pending(rt: Runtime, worker: str = "inline") -> int:
 
 
 def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    """host:pid:thread, within the 80 characters of `jobs.worker` (a long host name is
+    cut from the left: its distinguishing end stays)."""
+    name = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return name[-80:]
 
 
 # --- heartbeats ------------------------------------------------------------------------
@@ -269,6 +275,11 @@ def beat(rt: Runtime, name: str, started_at: datetime) -> None:
             db.add(Worker(name=name, host=host, pid=pid, started_at=started_at, beat_at=now))
         else:
             row.beat_at = now
+        # The jobs this worker runs are alive too, even one with a single long step (a
+        # pli of several GiB to scan and encrypt) that reports no progress for minutes.
+        db.execute(
+            update(Job).where(Job.worker == name, Job.status == "running").values(heartbeat_at=now)
+        )
 
 
 def forget(rt: Runtime, name: str) -> None:

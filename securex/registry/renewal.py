@@ -21,7 +21,7 @@ import time
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import or_, select, update
 
 from securex.accounts.models import Tenant
 from securex.audit.events import EventType
@@ -67,13 +67,12 @@ def _due(rt: Runtime, model: Any, today: date, after: int) -> list[Any]:
 
 def renew_documents(rt: Runtime, *, budget: float | None = None) -> int:
     """Look at every document due (within `budget` seconds if given); return how many
-    were renewed."""
-    from securex.signing.setup import timestamper
-
+    were renewed. Each document is first claimed until tomorrow, so that several
+    workers never ask the TSA for the same one, and one that fails (a damaged blob, the
+    TSA unreachable) waits a day instead of holding up the others at every run."""
     started = time.monotonic()
     margin = timedelta(days=int(rt.settings["signing.renew_margin_days"]))
-    stamper: Any = None
-    material: Any = None
+    tools: dict[str, Any] = {}
     renewed = 0
     for model in (Act, Mention):
         after = 0
@@ -81,31 +80,77 @@ def renew_documents(rt: Runtime, *, budget: float | None = None) -> int:
             for row_id, object_id, insee in rows:
                 if budget is not None and time.monotonic() - started > budget:
                     return renewed
-                now = rt.clock()
-                with rt.sessions() as db:
-                    reading(db)
-                    data = rt.vault.read_all(db, insee, object_id)
-                    db.rollback()
+                if not _claim(rt, model, row_id, object_id):
+                    continue
                 try:
-                    reason, expires = _status(data, now, margin)
-                except SecurexError:
-                    _look_again(rt, model, row_id, object_id, (now + NOT_LTA).date())
-                    continue
-                if reason is None:
-                    _look_again(rt, model, row_id, object_id, (expires - margin).date())
-                    continue
-                if stamper is None:
-                    stamper = timestamper(rt.settings, rt.pki)
-                    # Every officer's OCSP answer and the CRLs, made once per run.
-                    material = rt.pki.validation_material(now) if rt.pki is not None else None
-                try:
-                    fresh = _renew(rt, data, now, stamper, material)
-                except SecurexError as exc:
-                    log.warning("archive renewal of %s %s failed: %s", model.__name__, row_id, exc)
-                    continue
-                renewed += _store(rt, model, row_id, object_id, insee, fresh, reason, margin, now)
+                    renewed += _renew_one(rt, model, row_id, object_id, insee, margin, tools)
+                except Exception as exc:  # any failure: logged, tried again tomorrow
+                    log.warning(
+                        "archive renewal of %s %s failed: %s",
+                        model.__name__,
+                        row_id,
+                        type(exc).__name__,
+                    )
             after = rows[-1][0]
     return renewed
+
+
+def _claim(rt: Runtime, model: Any, row_id: int, object_id: str) -> bool:
+    today = rt.clock().date()
+    with transaction(rt.sessions) as db:
+        result = db.execute(
+            update(model)
+            .where(
+                model.id == row_id,
+                model.document_id == object_id,
+                or_(model.renew_after.is_(None), model.renew_after <= today),
+            )
+            .values(renew_after=today + timedelta(days=1))
+        )
+        return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _renew_one(
+    rt: Runtime,
+    model: Any,
+    row_id: int,
+    object_id: str,
+    insee: str,
+    margin: timedelta,
+    tools: dict[str, Any],
+) -> int:
+    from securex.signing import pades
+    from securex.signing.setup import timestamper
+
+    now = rt.clock()
+    with rt.sessions() as db:
+        reading(db)
+        data = rt.vault.read_all(db, insee, object_id)
+        db.rollback()
+    try:
+        reason, expires = _status(data, now, margin)
+    except SecurexError:  # below B-LTA: no archival timestamp to extend
+        _look_again(rt, model, row_id, object_id, (now + NOT_LTA).date())
+        return 0
+    if reason is None:
+        # The day after the one when the certificate enters the margin.
+        _look_again(rt, model, row_id, object_id, (expires - margin).date() + timedelta(days=1))
+        return 0
+    if not tools:
+        tools["stamper"] = timestamper(rt.settings, rt.pki)
+        # Every officer's OCSP answer and the CRLs, made once per run.
+        tools["material"] = rt.pki.validation_material(now) if rt.pki is not None else None
+    fresh = _renew(rt, data, now, tools["stamper"], tools["material"])
+    if pades.archive_expiry(fresh) <= expires:
+        # The TSA's own certificate expires no later: a new copy would buy nothing.
+        log.warning(
+            "archive renewal of %s %s: the TSA's certificate expires too soon; replace the TSA",
+            model.__name__,
+            row_id,
+        )
+        _look_again(rt, model, row_id, object_id, (now + RETRY).date())
+        return 0
+    return _store(rt, model, row_id, object_id, insee, fresh, reason, margin, now)
 
 
 def _status(data: bytes, now: datetime, margin: timedelta) -> tuple[str | None, datetime]:
@@ -126,7 +171,7 @@ def _renew(rt: Runtime, data: bytes, now: datetime, stamper: Any, material: Any)
 
 def _look_again(rt: Runtime, model: Any, row_id: int, object_id: str, on: date) -> None:
     with transaction(rt.sessions) as db:
-        row = db.get(model, row_id)
+        row = db.get(model, row_id, with_for_update=True)
         if row is not None and row.document_id == object_id:
             row.renew_after = on
 

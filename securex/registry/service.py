@@ -1267,6 +1267,8 @@ def sign_item(
     its own). `before_events` runs once the slow part is done, before the item's own
     audit events (a delivery only)."""
     kind, ident = parse_ref(ref)
+    if before_events is not None and kind != "delivery":
+        raise ValueError("before_events is for deliveries only")
     insee, actor = signing.insee, signing.actor
     _check_signatory(signing, kind)
     tenant = tenant_of(db, insee)
