@@ -71,25 +71,24 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
-def rss(pid: int) -> int | None:
-    """The resident size (VmRSS) of `pid` in bytes, or None when it is gone."""
+def _status_bytes(pid: int, field: str) -> int | None:
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
     return int(match.group(1)) * 1024 if match else None
+
+
+def rss(pid: int) -> int | None:
+    """The resident size (VmRSS) of `pid` in bytes, or None when it is gone."""
+    return _status_bytes(pid, "VmRSS")
 
 
 def peak_rss(pid: int) -> int | None:
     """The peak resident size (VmHWM) of `pid` in bytes since it started or since
     `reset_peak`, or None when it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(r"^VmHWM:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
+    return _status_bytes(pid, "VmHWM")
 
 
 def reset_peak(pid: int) -> None:

@@ -87,7 +87,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _server import stop  # noqa: E402 (bench/ is this script's folder on sys.path)
+from _server import children, peak_rss, reset_peak, rss, stop  # noqa: E402 (bench/ is this script's folder on sys.path)
 
 from tests.smtp import SmtpServer  # noqa: E402 (needs the repository on sys.path)
 
@@ -250,29 +250,8 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
 
 def _status(pid: int) -> tuple[int, int] | None:
     """(VmRSS, VmHWM) in bytes, or None when the process is gone."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    values = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", text, re.MULTILINE))
-    if len(values) != 2:
-        return None
-    return int(values["VmRSS"]) * 1024, int(values["VmHWM"]) * 1024
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid …; comm may hold spaces and parentheses.
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-            found.append(int(entry.name))
-    return sorted(found)
+    now, peak = rss(pid), peak_rss(pid)
+    return None if now is None or peak is None else (now, peak)
 
 
 @dataclass
@@ -297,7 +276,7 @@ class Memory:
 
     def __init__(self, master: int) -> None:
         self.master = master
-        self.workers = _children(master)
+        self.workers = children(master)
 
     def idle(self) -> dict[int, dict[str, int]]:
         """VmRSS and its parts (RssAnon: the process's own memory; RssFile: mapped
@@ -312,7 +291,7 @@ class Memory:
         return out
 
     def watch(self) -> _Watch:
-        current = _children(self.master)
+        current = children(self.master)
         if current != self.workers:
             print(f"  note: the server's workers changed: {self.workers} -> {current}")
             self.workers = current
@@ -344,7 +323,7 @@ class _Watch:
     def __enter__(self) -> Peak:
         for pid in (self.master, *self.workers):
             try:
-                Path(f"/proc/{pid}/clear_refs").write_text("5")  # reset VmHWM to VmRSS
+                reset_peak(pid)
             except OSError as exc:
                 raise SystemExit(f"cannot reset the peak RSS of {pid}: {exc}") from None
         self._thread.start()
