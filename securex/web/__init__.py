@@ -137,11 +137,15 @@ class Request(flask.Request):
 
 class DatabaseId(IntegerConverter):
     """`<int:…>` in every route: ids beyond a 32-bit column are simply not found (404),
-    rather than an overflow inside the database driver (500)."""
+    rather than an overflow inside the database driver (500). They still match the
+    route (as id 0, which no row has), so that every method of it answers 404, not a
+    405 that a rule failing to match would give."""
 
-    def __init__(self, map: Any, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("max", 2**31 - 1)
-        super().__init__(map, *args, **kwargs)
+    MAX = 2**31 - 1
+
+    def to_python(self, value: str) -> int:
+        number = int(super().to_python(value))
+        return number if number <= self.MAX else 0
 
 
 def init_app(app: Flask, blueprints: list[Blueprint]) -> None:
