@@ -106,10 +106,11 @@ def _free_port() -> int:
         return port
 
 
-def _certificate(folder: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and localhost (it is its own CA)."""
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost (it is its own CA), and its
+    key (mode 0600): for the SMTP relay's STARTTLS and the nginx test's TLS."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securex test relay")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securex test")])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
@@ -129,7 +130,7 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
         .sign(key, hashes.SHA256())
     )
     folder.mkdir(parents=True, exist_ok=True)
-    cert_file, key_file = folder / "relay.pem", folder / "relay.key"
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_file.write_bytes(
         key.private_bytes(
@@ -138,6 +139,7 @@ def _certificate(folder: Path) -> tuple[Path, Path]:
             serialization.NoEncryption(),
         )
     )
+    key_file.chmod(0o600)
     return cert_file, key_file
 
 
@@ -156,7 +158,7 @@ class SmtpServer:
         kwargs: dict[str, Any] = {}
         self.ca_file: Path | None = None
         if tls_dir is not None:
-            self.ca_file, key_file = _certificate(tls_dir)
+            self.ca_file, key_file = self_signed_certificate(tls_dir)
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.ca_file, key_file)
             kwargs.update(tls_context=context, require_starttls=True)

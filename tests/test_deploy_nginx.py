@@ -13,11 +13,9 @@ touches the proxy's disk. The access log holds no path at all, hence no token.
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import http.client
 import http.cookiejar
-import ipaddress
 import json
 import os
 import re
@@ -36,11 +34,8 @@ from typing import Any
 
 import pyotp
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
+from tests.smtp import self_signed_certificate
 from tests.test_serve import SECUREX, NoRedirect, free_port, server  # noqa: F401 (fixture)
 
 SITE = Path(__file__).resolve().parents[1] / "deploy" / "nginx" / "securex.conf"
@@ -67,40 +62,6 @@ def nginx() -> str:
             pytrace=False,
         )
     return found
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "securex nginx test")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    key_path.chmod(0o600)
-    return cert_path, key_path
 
 
 def site_config(text: str, values: dict[tuple[str, str], str | None]) -> str:
@@ -131,7 +92,7 @@ def proxy(nginx, server, tmp_path) -> Iterator[dict[str, Any]]:  # noqa: F811
     app_port = int(base.rsplit(":", 1)[1])
     work = tmp_path / "nginx"
     work.mkdir()
-    cert, key = self_signed(work)
+    cert, key = self_signed_certificate(work)
     http_port, https_port = free_port(), free_port()
     access, errors = work / "access.log", work / "error.log"
     site = site_config(

@@ -26,7 +26,6 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pyhanko_certvalidator import ValidationContext
 
 from securex.accounts.service import Actor
 from securex.cli import main
@@ -35,7 +34,6 @@ from securex.db import transaction
 from securex.errors import ValidationFailed
 from securex.registry.importer import ImportReport, import_file
 from securex.signing import pades
-from securex.signing.signers import LoadedKeySigner, to_asn1
 from securex.vault import Vault
 from securex.vault.errors import IntegrityError
 from securex.vault.stream import (
@@ -46,6 +44,7 @@ from securex.vault.stream import (
     read_header,
 )
 from tests.pdfs import one_page_pdf
+from tests.test_signing import setup_for
 
 T = TypeVar("T")
 
@@ -140,23 +139,7 @@ def signed_pdf(demo_pki: Any, clock: Any) -> bytes:
     a DSS: every part the validator parses), on the real clock the PKI was made on."""
     now = datetime.now(UTC)
     clock.now = now + timedelta(minutes=1)
-    cert, key = demo_pki.officer(OFFICER)
-    crls, ocsps = demo_pki.validation_material(now)
-    roots, others = [to_asn1(demo_pki.root_cert)], [to_asn1(demo_pki.ca_cert)]
-    setup = pades.SigningSetup(
-        signer=LoadedKeySigner(cert, key, demo_pki.chain_for(cert)),
-        certificate=cert,
-        level=pades.Level.B_LT,
-        timestamper=demo_pki.timestamper(),
-        validation_context=lambda: ValidationContext(
-            trust_roots=roots,
-            other_certs=others,
-            crls=crls,
-            ocsps=ocsps,
-            allow_fetching=False,
-            revocation_mode="hard-fail",
-        ),
-    )
+    setup = setup_for(demo_pki, pades.Level.B_LT, email=OFFICER, now=now)
     appearance = pades.Appearance(officer="Officer 1", commune="Mont-de-Marsan")
     signed: bytes = pades.sign(one_page_pdf(), setup, appearance, now)
     return signed
@@ -742,6 +725,19 @@ def answers(draw: st.DrawFn) -> bytes:
     return head + draw(st.sampled_from([b"\r\n", b"", b"\r\n\r\n"])) + draw(st.binary(max_size=64))
 
 
+def _deliver(make: Any, vault: Vault, endpoint_id: int, *, timeout: float) -> bool:
+    return webhooks.deliver(
+        make.factory,
+        endpoint_id,
+        {"type": "fuzz"},
+        job_id=1,
+        keyring=vault.keyring,
+        clock=make.clock,
+        timeout=timeout,
+        allow_private=True,
+    )
+
+
 @fuzz(200)
 @given(answer=answers())
 def test_webhook_delivery_survives_a_hostile_receiver(
@@ -752,18 +748,7 @@ def test_webhook_delivery_survives_a_hostile_receiver(
     endpoint_id, receiver = endpoint
     receiver.answer = answer
     try:
-        delivered = timed(
-            lambda: webhooks.deliver(
-                make.factory,
-                endpoint_id,
-                {"type": "fuzz"},
-                job_id=1,
-                keyring=vault.keyring,
-                clock=make.clock,
-                timeout=1.0,
-                allow_private=True,
-            )
-        )
+        delivered = timed(lambda: _deliver(make, vault, endpoint_id, timeout=1.0))
         assert delivered is True
     except webhooks.DeliveryFailed as failure:
         assert failure.details  # a status or the class of the error, for the audit log
@@ -785,19 +770,7 @@ def test_webhook_delivery_to_a_silent_receiver_times_out(
             assert row is not None
             row.url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
         with pytest.raises(webhooks.DeliveryFailed) as failed:
-            timed(
-                lambda: webhooks.deliver(
-                    make.factory,
-                    endpoint_id,
-                    {"type": "fuzz"},
-                    job_id=1,
-                    keyring=vault.keyring,
-                    clock=make.clock,
-                    timeout=0.5,
-                    allow_private=True,
-                ),
-                bound=3.0,
-            )
+            timed(lambda: _deliver(make, vault, endpoint_id, timeout=0.5), bound=3.0)
         assert failed.value.details == {"error": "TimeoutError"}
     finally:
         silent.close()
