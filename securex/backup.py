@@ -489,18 +489,7 @@ def create(
     _add_signature(archive, seal.sign(body))
     archive.close()
     stream.close()
-    return Summary(
-        backup_id=backup_id,
-        created_at=now.isoformat(),
-        revision=revision,
-        rows=sum(counts.values()),
-        tables=len(tables),
-        objects=len(objects) - len(skipped),
-        object_bytes=int(info["object_bytes"]),
-        checkpoint_size=cp["size"] if cp else None,
-        checkpoint_note=cp["note"] if cp else None,
-        verifier=verifier,
-    )
+    return _summary(info, manifest)
 
 
 def _add_signature(archive: _Writer, signature: bytes) -> None:
@@ -761,7 +750,7 @@ def _known_revision(revision: str) -> None:
 class _Restorer:
     """Writes the members of a backup into the empty target as they are read."""
 
-    def __init__(self, settings: Any, engine: Engine, vault_blobs: Any, bars: Bars) -> None:
+    def __init__(self, settings: Any, engine: Engine, vault_blobs: Any) -> None:
         self.settings = settings
         self.engine = engine
         self.blobs = vault_blobs
@@ -959,7 +948,7 @@ def restore(
 
             write_secret_file(params, json.dumps(preamble["passphrase_params"]).encode())
         engine = make_engine(settings.database_url)
-        restorer = _Restorer(settings, engine, FilesystemBlobStore(root / "blobs"), bars)
+        restorer = _Restorer(settings, engine, FilesystemBlobStore(root / "blobs"))
         try:
             with path.open("rb") as src:
                 _, info, manifest = _walk(src, source, bars, path.stat().st_size, restorer)

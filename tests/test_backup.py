@@ -311,7 +311,7 @@ def test_a_damaged_backup_is_refused_and_restores_nothing(tmp_path, database_url
     assert result.exit_code == 65 and "Rien n'a été restauré" in result.output
     nothing_restored()
     # Even a backup whose signature checks may only write the instance's own files.
-    writer = backups._Restorer(restore.settings(), None, None, backups.no_bars)  # type: ignore[arg-type]
+    writer = backups._Restorer(restore.settings(), None, None)  # type: ignore[arg-type]
     for name in ("keys/master.key", "keys/master.json", "securex.db", "logs/x", "notes.txt"):
         with pytest.raises(backups.BackupError):
             writer._file(name, io.BytesIO(b"X" * 32))
