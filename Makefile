@@ -35,7 +35,13 @@ lint: install
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/mypy
 
-test: install system-deps lint
+# axe-core, from npm, for the accessibility checks of the browser journeys.
+AXE := tests/browser/node_modules/axe-core/axe.min.js
+$(AXE): tests/browser/package.json tests/browser/package-lock.json | system-deps
+	npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: install system-deps lint $(AXE)
 	SECUREX_TEST_DB=sqlite $(BIN)/pytest -q -p no:cacheprovider
 	SECUREX_TEST_DB=postgresql $(BIN)/pytest -q -p no:cacheprovider
 
@@ -44,4 +50,4 @@ lock: install
 	$(BIN)/pip-compile -q --allow-unsafe --extra dev --generate-hashes --strip-extras -o requirements.lock pyproject.toml
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache tests/browser/node_modules

@@ -13,6 +13,8 @@ openssl:openssl
 /usr/sbin/clamd:clamav-daemon
 gpg:gnupg
 /usr/bin/chromium:chromium
+node:nodejs
+npm:npm
 /usr/sbin/nginx:nginx
 "
 missing=""
