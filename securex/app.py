@@ -84,6 +84,7 @@ def create_app(
     from securex.web.api import meta
     from securex.web.audit import api as audit_api
     from securex.web.audit import checkpoint_after_request
+    from securex.web.keys import bp as keys_views
     from securex.web.signing import api as signing_api
     from securex.web.signing import pki_bp, verify_bp
 
@@ -105,6 +106,7 @@ def create_app(
             registry_api,
             comedec_api,
             comedec_views,
+            keys_views,
             sve_views,
             exchange_api,
             exchange_views,

@@ -426,6 +426,11 @@ TABLE: dict[str, dict[str, Row | tuple[Row, ...]]] = {
         "GET": Row(staff(FORBIDDEN, FORBIDDEN, admins=OK)),
         "POST": Row(staff(FORBIDDEN, FORBIDDEN, admins=BAD)),
     },
+    # Each administrator's POST queues the rotation of the key of their own commune.
+    "/commune/cles": {
+        "GET": Row(staff(FORBIDDEN, FORBIDDEN, admins=OK)),
+        "POST": Row(staff(FORBIDDEN, FORBIDDEN, admins=OK), phase=LATE),
+    },
     "/demande-acte": {"GET": Row(public())},
     SVE_FORM: {
         "GET": Row(public(), at=SVE_BIRTH, of_a=False),
