@@ -42,8 +42,7 @@ $(AXE): tests/browser/package.json tests/browser/package-lock.json | system-deps
 	touch $@
 
 test: install system-deps lint $(AXE)
-	SECUREX_TEST_DB=sqlite $(BIN)/pytest -q -p no:cacheprovider
-	SECUREX_TEST_DB=postgresql $(BIN)/pytest -q -p no:cacheprovider
+	bash scripts/test-both.sh $(BIN)/pytest
 
 # Re-pin every dependency after editing pyproject.toml.
 lock: install
