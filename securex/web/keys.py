@@ -32,8 +32,7 @@ def tenant_key() -> Any:
         else:
             db().commit()
             flash(
-                "Rotation demandée : les clés des documents sont re-chiffrées en arrière-plan. "
-                "Rechargez la page pour suivre son avancement.",
+                "Rotation demandée : les clés des documents sont re-chiffrées en arrière-plan.",
                 "success",
             )
         return redirect(url_for(".tenant_key"), 303)
