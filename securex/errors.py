@@ -123,3 +123,13 @@ class Gone(SecurexError):
     status = 410
     slug = "gone"
     title = "N'existe plus"
+
+
+class InsufficientStorage(SecurexError):
+    """The disk holding the blobs is full (or over quota): what was being written was
+    not kept, and nothing of it is left behind."""
+
+    status = 507
+    slug = "insufficient-storage"
+    title = "Espace de stockage insuffisant"
+    exit_code = 73  # EX_CANTCREAT

@@ -214,7 +214,7 @@ def _file(item: FileIn, position: int) -> service.FileInput:
     status=201,
     body=SendIn,
     auth=Auth.USER,
-    errors=(403, 404, 410, 422),
+    errors=(403, 404, 410, 422, 507),
 )
 def create_send(body: SendIn) -> tuple[SendOut, int, dict[str, str]]:
     """Crée le pli et le met en préparation (antivirus s'il est configuré, copies

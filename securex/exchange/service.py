@@ -32,7 +32,14 @@ from sqlalchemy.orm import Session
 from securex.accounts.models import Role, Tenant, User
 from securex.accounts.service import AccountKeys, Actor, throttle
 from securex.audit import EventType, record
-from securex.errors import Forbidden, Gone, NotFound, RateLimited, ValidationFailed
+from securex.errors import (
+    Forbidden,
+    Gone,
+    InsufficientStorage,
+    NotFound,
+    RateLimited,
+    ValidationFailed,
+)
 from securex.exchange import uploads
 from securex.exchange.models import (
     Deposit,
@@ -77,6 +84,7 @@ class ExchangePolicy:
     access_minutes: int = 60
     reminder_days: int = 2
     upload_hours: int = 24
+    upload_lease_seconds: int = 300
     deposit_days: int = 7
     clamd: str = ""
     scan_too_large: str = "refuse"
@@ -232,6 +240,7 @@ def _store_files(
             errors=[{"field": "files", "message": "trop de fichiers"}],
         )
     scan = ScanStatus.PENDING if policy.clamd else ScanStatus.NOT_SCANNED
+    written: list[str] = []  # blobs this call wrote (not finished uploads)
     for position, item in enumerate(files):
         if item.upload_id is not None:
             row = uploads.take(db, vault, item.upload_id, owner, now=now)
@@ -249,7 +258,15 @@ def _store_files(
                 raise ValidationFailed(
                     f"Fichier trop volumineux : {uploads.clean_name(item.name)}."
                 )
-            obj = vault.put(db, tenant.insee, io.BytesIO(content), now=now)
+            try:
+                obj = vault.put(db, tenant.insee, io.BytesIO(content), now=now)
+            except InsufficientStorage:
+                # The transaction will not commit: the files already written for this
+                # pli would be orphans taking the little room left until `exchange.gc`.
+                for earlier in written:
+                    vault.blobs.delete(earlier)
+                raise
+            written.append(obj.id)
             name, media_type, object_id, size = (
                 uploads.clean_name(item.name),
                 uploads.clean_media_type(item.media_type),

@@ -164,6 +164,7 @@ def add_tus_routes(bp: Blueprint, prefix: str, owner: Owner, endpoint: str) -> N
             offset=offset,
             chunks=body_chunks(),
             clock=state().clock,
+            lease_for=timedelta(seconds=policy().upload_lease_seconds),
         )
         return Response(status=204, headers=_headers({"Upload-Offset": str(upload.offset)}))
 

@@ -4,8 +4,8 @@ vault: each PATCH's bytes are sealed as they arrive, and the offset is committed
 
 A PATCH holds a lease on its upload (a short transaction sets it, progress renews it):
 a second PATCH on the same upload meanwhile gets 423, as tusd answers, and a lease whose
-holder died expires after `LEASE`. No transaction stays open while bytes flow, so a
-long upload never holds SQLite's write lock.
+holder died expires after `exchange.upload_lease_seconds` (5 minutes). No transaction
+stays open while bytes flow, so a long upload never holds SQLite's write lock.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from securex.db import reading, transaction
 from securex.errors import (
     Conflict,
     Gone,
+    InsufficientStorage,
     Locked,
     NotFound,
     PayloadTooLarge,
@@ -41,13 +42,17 @@ from securex.vault.upload import UploadConflict, UploadState, UploadTooLong
 
 TUS_VERSION = "1.0.0"
 TUS_EXTENSIONS = "creation,termination"
-LEASE = timedelta(minutes=5)  # renewed at each checkpoint (8 MiB)
 CHECKPOINT_BYTES = 8 * 2**20
 MAX_NAME = 255
 # Unfinished or unattached uploads one uploader may have (a deposit link's holder too).
 MAX_PENDING = 100
 # … and their bytes, in largest files: what a deposit link's holder can fill on disk.
 PENDING_FILES = 2
+FULL = (
+    "Espace de stockage insuffisant sur le serveur : le téléversement est annulé et rien "
+    "n'en a été gardé. Recommencez l'envoi du fichier plus tard ; si cela se reproduit, "
+    "prévenez l'administrateur de la plateforme."
+)
 
 
 @dataclass(frozen=True)
@@ -181,9 +186,11 @@ def append(
     offset: int,
     chunks: Iterable[bytes],
     clock: Callable[[], datetime],
+    lease_for: timedelta,
 ) -> UploadView:
     """Write the PATCH body at `offset` (which must be the upload's offset: 409
-    otherwise). Whatever arrived before a disconnection is kept."""
+    otherwise). Whatever arrived before a disconnection is kept. The upload is held
+    for `lease_for`, renewed at each checkpoint."""
     lease = secrets.token_hex(16)
     with transaction(sessions) as db:
         now = clock()
@@ -204,7 +211,7 @@ def append(
                 Upload.completed_at.is_(None),
                 or_(Upload.lease.is_(None), Upload.lease_until < now),
             )
-            .values(lease=lease, lease_until=now + LEASE)
+            .values(lease=lease, lease_until=now + lease_for)
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
             current = db.scalar(select(Upload.offset).where(Upload.id == upload_id))
@@ -226,7 +233,7 @@ def append(
         with transaction(sessions) as db:
             values: dict[str, Any] = {"offset": new.offset, "state": new.to_json().encode()}
             values.update(lease=None, lease_until=None) if final else values.update(
-                lease_until=clock() + LEASE
+                lease_until=clock() + lease_for
             )
             done = db.execute(
                 update(Upload).where(Upload.id == upload_id, Upload.lease == lease).values(**values)
@@ -237,6 +244,13 @@ def append(
     def released(chunks: Iterable[bytes]) -> Iterator[bytes]:
         keydb.close()  # the data key is unwrapped: no transaction while bytes flow
         yield from chunks
+
+    def cancel(state: UploadState) -> None:
+        """The upload can no longer go on: its row and its part go (not even a
+        checkpoint's worth of bytes stays on a full disk)."""
+        with transaction(sessions) as db:
+            db.execute(delete(Upload).where(Upload.id == upload_id))
+        vault.abort_upload(state)
 
     with sessions() as keydb:
         reading(keydb)
@@ -256,23 +270,28 @@ def append(
                 "au-delà n'a été gardé."
             ) from None
         except UploadConflict:
-            with transaction(sessions) as db:
-                db.execute(delete(Upload).where(Upload.id == upload_id))
-            vault.abort_upload(state)
+            cancel(state)
             raise Conflict(
                 "Les octets renvoyés diffèrent de ceux déjà reçus : le téléversement est "
                 "annulé, recommencez l'envoi du fichier."
             ) from None
+        except InsufficientStorage:
+            cancel(state)
+            raise InsufficientStorage(FULL) from None
     save(state, final=True)
-    with transaction(sessions) as db:
-        now = clock()
-        done = db.get(Upload, upload_id)
-        assert done is not None
-        if done.offset == done.length and done.completed_at is None:
-            vault.finish_upload(db, state, now=now)
-            done.completed_at = now
-        with column_keys(db, vault.keyring, insee):
-            return _view(done)
+    try:
+        with transaction(sessions) as db:
+            now = clock()
+            done = db.get(Upload, upload_id)
+            assert done is not None
+            if done.offset == done.length and done.completed_at is None:
+                vault.finish_upload(db, state, now=now)
+                done.completed_at = now
+            with column_keys(db, vault.keyring, insee):
+                return _view(done)
+    except InsufficientStorage:
+        cancel(state)
+        raise InsufficientStorage(FULL) from None
 
 
 def terminate(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime) -> None:
@@ -290,6 +309,13 @@ def terminate(db: Session, vault: Vault, upload_id: str, owner: str, *, now: dat
 def take(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime) -> Upload:
     """A finished upload, to attach to a pli (once)."""
     row = _row(db, upload_id, owner, now)
+    idle = row.lease is None or (row.lease_until is not None and row.lease_until <= now)
+    if row.completed_at is None and row.offset == row.length and idle:
+        # Every byte arrived, but the process died between the PATCH's last commit and
+        # the one that completes it: the part (or the blob it had already become)
+        # holds the whole object, so complete it now.
+        vault.finish_upload(db, UploadState.from_json(row.state.decode()), now=now)
+        row.completed_at = now
     if row.completed_at is None:
         raise ValidationFailed(
             f"Le fichier {upload_id} n'est pas entièrement téléversé "

@@ -17,6 +17,8 @@ of the same name by `finish_part`. Abandoned parts are removed by `collect_parts
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import secrets
 import time
@@ -25,10 +27,29 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from securex.errors import InsufficientStorage
 from securex.vault.errors import IntegrityError
 
 TMP_PREFIX = ".tmp-"
 PARTS_DIR = "parts"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def space_errors() -> Iterator[None]:
+    """A full disk (or quota) met while writing blobs or parts, as the typed
+    `InsufficientStorage` (507); every other error passes unchanged. Whoever wrote
+    removes what it wrote: `writer` its temporary file, the caller of a part the part."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in NO_SPACE:
+            raise
+        raise InsufficientStorage(
+            "Espace de stockage insuffisant sur le serveur : le fichier n'a pas été "
+            "enregistré. Réessayez plus tard ; si cela se reproduit, prévenez "
+            "l'administrateur de la plateforme."
+        ) from exc
 
 
 class BlobStore(Protocol):
@@ -145,7 +166,10 @@ class FilesystemBlobStore:
             os.rename(tmp, final)
             _fsync_dir(final.parent)
         except BaseException:
-            fh.close()
+            # Closing flushes what is buffered, which fails again on a full disk: the
+            # temporary file must go whatever close says.
+            with contextlib.suppress(OSError):
+                fh.close()
             tmp.unlink(missing_ok=True)
             raise
 

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from securex.audit import EventType, record
 from securex.errors import NotFound
 from securex.vault import upload
-from securex.vault.blobs import BlobStore
+from securex.vault.blobs import BlobStore, space_errors
 from securex.vault.errors import IntegrityError
 from securex.vault.keyring import Keyring
 from securex.vault.models import Shred, VaultObject
@@ -102,7 +102,7 @@ class Vault:
         object_id = uuid.uuid4().hex
         version, dek, wrapped = self.keyring.new_data_key(db, tenant, object_id)
         header = new_header(key_id=key_id(tenant), key_version=version, segment_size=segment_size)
-        with self.blobs.writer(object_id) as fh:
+        with space_errors(), self.blobs.writer(object_id) as fh:
             size = encrypt_stream(
                 src, fh, dek=dek, header=header, tenant=tenant, object_id=object_id
             )
@@ -228,16 +228,17 @@ class Vault:
         object_id = uuid.uuid4().hex
         version, dek, wrapped = self.keyring.new_data_key(db, tenant, object_id)
         header = new_header(key_id=key_id(tenant), key_version=version, segment_size=segment_size)
-        return upload.begin(
-            self.blobs,
-            tenant=tenant,
-            object_id=object_id,
-            length=length,
-            key_version=version,
-            wrapped_key=wrapped,
-            dek=dek,
-            header=header,
-        )
+        with space_errors():
+            return upload.begin(
+                self.blobs,
+                tenant=tenant,
+                object_id=object_id,
+                length=length,
+                key_version=version,
+                wrapped_key=wrapped,
+                dek=dek,
+                header=header,
+            )
 
     def append_upload(
         self,
@@ -259,7 +260,8 @@ class Vault:
         Raises UploadTooLong (with `.state`, durable) for a chunk that would go past
         `length`, writing none of it; UploadConflict if, after a crash, the client sends
         other bytes than those an earlier attempt sealed; IntegrityError if the state or
-        the part was damaged. `db` serves only to unwrap the data key, before the first
+        the part was damaged; InsufficientStorage on a full disk (the part is left as it
+        is: abort the upload to free it). `db` serves only to unwrap the data key, before the first
         chunk is read. Appends to one upload must not run concurrently (lock its row)."""
         header = upload.state_header(state)
         if header.key_id != key_id(state.tenant):
@@ -267,14 +269,15 @@ class Vault:
         dek = self.keyring.open_data_key(
             db, state.tenant, state.object_id, state.key_version, state.wrapped_key
         )
-        return upload.append(
-            self.blobs,
-            state,
-            chunks,
-            dek=dek,
-            checkpoint=checkpoint,
-            checkpoint_bytes=checkpoint_bytes,
-        )
+        with space_errors():
+            return upload.append(
+                self.blobs,
+                state,
+                chunks,
+                dek=dek,
+                checkpoint=checkpoint,
+                checkpoint_bytes=checkpoint_bytes,
+            )
 
     def finish_upload(self, db: Session, state: UploadState, *, now: datetime) -> VaultObject:
         """Make a complete upload (offset == length, else ValueError) an object: the part
@@ -289,7 +292,8 @@ class Vault:
         self.keyring.open_data_key(
             db, state.tenant, state.object_id, state.key_version, state.wrapped_key
         )
-        upload.finish(self.blobs, state)
+        with space_errors():
+            upload.finish(self.blobs, state)
         obj = VaultObject(
             id=state.object_id,
             tenant=state.tenant,
