@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -93,19 +94,33 @@ def _template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 _counter = itertools.count()
 
 
-@pytest.fixture
-def database_url(_template: Any, tmp_path: Path) -> Iterator[str]:
+@contextmanager
+def _database(template: Any, folder: Path) -> Iterator[str]:
+    """A copy of the migrated template: a file in `folder`, or a PostgreSQL database."""
     if ENGINE == "sqlite":
-        path = tmp_path / "securex.db"
-        shutil.copy(_template, path)
+        path = folder / "securex.db"
+        shutil.copy(template, path)
         yield f"sqlite:///{path}"
         return
     name = f"securex_test_{os.getpid()}_{next(_counter)}"
-    with _template.connect() as conn:
+    with template.connect() as conn:
         conn.execute(text(f"CREATE DATABASE {name} TEMPLATE securex_template"))
-    yield re.sub(r"/[^/]*$", f"/{name}", _template.url.render_as_string(hide_password=False))
-    with _template.connect() as conn:
+    yield re.sub(r"/[^/]*$", f"/{name}", template.url.render_as_string(hide_password=False))
+    with template.connect() as conn:
         conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def database_url(_template: Any, tmp_path: Path) -> Iterator[str]:
+    with _database(_template, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def module_database_url(_template: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`database_url`, made once for a module whose tests share one server."""
+    with _database(_template, tmp_path_factory.mktemp("database")) as url:
+        yield url
 
 
 # --- instance, app -----------------------------------------------------------------

@@ -324,12 +324,14 @@ def test_officer_batch_signs_an_act_a_mention_and_a_delivery(
     assert re.search(r"/registre/signature/lots/\d+$", job_url)
     html = page(client, job_url)
     assert "0 / 3 signés, 0 échec" in html
-    assert '<meta http-equiv="refresh" content="2">' in html and "<progress" in html
+    # No timed refresh (WCAG 2.2.1): a link reloads it, a script updates it in place.
+    assert 'http-equiv="refresh"' not in html and "<progress" in html
+    assert "Actualiser l'avancement" in html and "job-progress.js" in html
 
     assert run_pending(runtime) == 1
     html = page(client, job_url)
     assert "3 / 3 signés, 0 échec" in html
-    assert 'http-equiv="refresh"' not in html and html.count("<strong>Signé</strong>") == 3
+    assert "job-progress.js" not in html and html.count("<strong>Signé</strong>") == 3
     assert "Rien n'attend votre signature" in page(client, "/registre/signature")
 
     # The signed copy can be downloaded from the act's page.
