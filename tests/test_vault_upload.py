@@ -665,3 +665,26 @@ def test_range_read_bounds(env: Any) -> None:
     assert read(env, env.vault, empty, 0) == b""
     with env.session() as db, pytest.raises(ValueError):
         env.vault.reader(db, TENANT, empty, 1)
+
+
+def test_an_upload_begun_before_a_rotation_is_born_under_the_new_version(
+    env: Any, settings: Any
+) -> None:
+    """A rotation rewraps stored objects, not uploads in progress: the object an upload
+    becomes is wrapped under the commune's version current when it is finished, so the
+    rotation's old version protects nothing any more (and stays retired)."""
+    payload = data(3 * SEG + 5)
+    state = begin(env, fresh(settings), len(payload))
+    result = append(env, fresh(settings), state, [payload])
+    assert isinstance(result, Appended)
+    with transaction(env.factory) as db:
+        assert fresh(settings).keyring.rotate_tenant(db, TENANT, now=env.clock(), actor="t") == 2
+    object_id = finish(env, fresh(settings), result.state)
+    with env.session() as db:
+        obj = db.get(VaultObject, object_id)
+        assert obj is not None and (state.key_version, obj.key_version) == (1, 2)
+        assert [s.retired for s in fresh(settings).keyring.status(db) if s.tenant == TENANT] == [
+            True,
+            False,
+        ]
+    assert read(env, fresh(settings), object_id) == payload

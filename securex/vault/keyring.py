@@ -146,12 +146,19 @@ class Keyring:
 
     def new_data_key(self, db: Session, tenant: str, object_id: str) -> tuple[int, bytes, bytes]:
         """A fresh data key: (tenant key version, key, wrapped key)."""
-        version = self.current_version(db, tenant)
         dek = secrets.token_bytes(32)
+        version, wrapped = self.wrap_data_key(db, tenant, object_id, dek)
+        return version, dek, wrapped
+
+    def wrap_data_key(
+        self, db: Session, tenant: str, object_id: str, dek: bytes
+    ) -> tuple[int, bytes]:
+        """`dek` wrapped under the tenant's current key version: (version, wrapped)."""
+        version = self.current_version(db, tenant)
         wrapped = _wrap(
             self.tenant_key(db, tenant, version), dek, data_key_context(tenant, object_id, version)
         )
-        return version, dek, wrapped
+        return version, wrapped
 
     def open_data_key(
         self, db: Session, tenant: str, object_id: str, version: int, wrapped: bytes
@@ -241,8 +248,10 @@ class Keyring:
                 wrapped=self.current.wrap(kek, tenant_context(tenant, new_version)),
             )
         )
+        # Not cached here: the cache is the process's, and this transaction may yet roll
+        # back (another node rotating at once); `tenant_key` reads the version once it
+        # is committed.
         db.flush()
-        self._tenant_keys[(tenant, new_version)] = kek
         for sub in db.scalars(select(TenantSubkey).where(TenantSubkey.tenant == tenant)):
             key = self.subkey(db, tenant, sub.purpose)
             sub.wrapped = _wrap(kek, key, subkey_context(tenant, sub.purpose, new_version))

@@ -289,16 +289,21 @@ class Vault:
         if upload.state_header(state).key_id != key_id(state.tenant):
             raise IntegrityError()
         # Only a key genuinely wrapped for this object may make it live.
-        self.keyring.open_data_key(
+        dek = self.keyring.open_data_key(
             db, state.tenant, state.object_id, state.key_version, state.wrapped_key
         )
+        # The commune's key may have been rotated since the upload began: the object
+        # is born under the current version, as the rotation would have left it.
+        version, wrapped = state.key_version, state.wrapped_key
+        if version != self.keyring.current_version(db, state.tenant):
+            version, wrapped = self.keyring.wrap_data_key(db, state.tenant, state.object_id, dek)
         with space_errors():
             upload.finish(self.blobs, state)
         obj = VaultObject(
             id=state.object_id,
             tenant=state.tenant,
-            key_version=state.key_version,
-            wrapped_key=state.wrapped_key,
+            key_version=version,
+            wrapped_key=wrapped,
             size=state.length,
             stored_size=state.stored,
             created_at=now,
