@@ -228,6 +228,42 @@ def test_tus_upload_resumes_and_becomes_a_file_of_a_send(world, client, factory,
     assert again.status_code == 410
 
 
+def test_an_upload_whose_completion_a_crash_cut_off_is_completed_at_the_send(
+    world, client, factory, vault, clock, monkeypatch
+):
+    """Killed between a PATCH's last commit (every byte kept) and the commit that makes
+    the file a vault object, an upload shows its full offset: the send completes it,
+    unless a PATCH still holds it, or its part has gone meanwhile (410, not a 500)."""
+    from securex.exchange import uploads
+
+    token = world["token"]
+    content = os.urandom(300_000)
+    locations = [create_upload(client, token, len(content)).headers["Location"] for _ in "ab"]
+    with monkeypatch.context() as crash:  # the process dies before the completion
+        crash.setattr(uploads, "_complete", lambda *args: None)
+        for location in locations:
+            assert patch(client, token, location, 0, content).status_code == 204
+    first, second = (location.rsplit("/", 1)[1] for location in locations)
+    with transaction(factory) as db:
+        assert db.get(Upload, first).completed_at is None
+        assert db.get(VaultObject, first) is None
+        # The second one is still held by a PATCH of another process.
+        held = db.get(Upload, second)
+        held.lease, held.lease_until = "another-connection", clock() + timedelta(minutes=1)
+    refused = send(client, token, files=[{"upload": second}])
+    assert refused.status_code == 422 and "entièrement" in refused.get_json()["detail"]
+
+    body = send(client, token, files=[{"upload": first}]).get_json()
+    assert body["files"][0]["size"] == len(content)
+    with factory() as db:
+        assert vault.read_all(db, "40192", first) == content
+
+    vault.blobs.delete_part(second)  # its part collected meanwhile
+    clock.advance(minutes=2)  # and the other PATCH's lease lapsed
+    gone = send(client, token, files=[{"upload": second}])
+    assert gone.status_code == 410 and "téléversez-le de nouveau" in gone.get_json()["detail"]
+
+
 class Interrupted:
     """A request body that breaks after `cut` bytes, as a dropped connection does."""
 

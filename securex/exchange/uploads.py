@@ -36,7 +36,7 @@ from securex.errors import (
     ValidationFailed,
 )
 from securex.exchange.models import Upload
-from securex.vault import Vault
+from securex.vault import IntegrityError, Vault
 from securex.vault.columns import column_keys
 from securex.vault.upload import UploadConflict, UploadState, UploadTooLong
 
@@ -281,17 +281,32 @@ def append(
     save(state, final=True)
     try:
         with transaction(sessions) as db:
-            now = clock()
+            _complete(db, vault, upload_id, state, clock())
             done = db.get(Upload, upload_id)
             assert done is not None
-            if done.offset == done.length and done.completed_at is None:
-                vault.finish_upload(db, state, now=now)
-                done.completed_at = now
             with column_keys(db, vault.keyring, insee):
                 return _view(done)
     except InsufficientStorage:
         cancel(state)
         raise InsufficientStorage(FULL) from None
+
+
+def _complete(db: Session, vault: Vault, upload_id: str, state: UploadState, now: datetime) -> None:
+    """Make a whole upload, held by no PATCH, its vault object, once: the conditional
+    UPDATE claims it, so that a PATCH's end and a send finishing the same upload at
+    once (two processes) make one object, not two rows of the same id."""
+    claimed = db.execute(
+        update(Upload)
+        .where(
+            Upload.id == upload_id,
+            Upload.completed_at.is_(None),
+            Upload.offset == Upload.length,
+            or_(Upload.lease.is_(None), Upload.lease_until <= now),
+        )
+        .values(completed_at=now)
+    )
+    if claimed.rowcount == 1:  # type: ignore[attr-defined]
+        vault.finish_upload(db, state, now=now)
 
 
 def terminate(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime) -> None:
@@ -309,13 +324,18 @@ def terminate(db: Session, vault: Vault, upload_id: str, owner: str, *, now: dat
 def take(db: Session, vault: Vault, upload_id: str, owner: str, *, now: datetime) -> Upload:
     """A finished upload, to attach to a pli (once)."""
     row = _row(db, upload_id, owner, now)
-    idle = row.lease is None or (row.lease_until is not None and row.lease_until <= now)
-    if row.completed_at is None and row.offset == row.length and idle:
-        # Every byte arrived, but the process died between the PATCH's last commit and
-        # the one that completes it: the part (or the blob it had already become)
-        # holds the whole object, so complete it now.
-        vault.finish_upload(db, UploadState.from_json(row.state.decode()), now=now)
-        row.completed_at = now
+    if row.completed_at is None:
+        # Every byte may have arrived while the process died between the PATCH's last
+        # commit and the one that completes it: the part (or the blob it had already
+        # become) holds the whole object, so complete it now.
+        try:
+            _complete(db, vault, upload_id, UploadState.from_json(row.state.decode()), now)
+        except IntegrityError:  # the part is gone (its blob collected meanwhile)
+            raise Gone(
+                f"Le fichier {upload_id} n'est plus disponible sur le serveur : "
+                "téléversez-le de nouveau."
+            ) from None
+        db.refresh(row)
     if row.completed_at is None:
         raise ValidationFailed(
             f"Le fichier {upload_id} n'est pas entièrement téléversé "
