@@ -725,7 +725,9 @@ def answers(draw: st.DrawFn) -> bytes:
     return head + draw(st.sampled_from([b"\r\n", b"", b"\r\n\r\n"])) + draw(st.binary(max_size=64))
 
 
-def _deliver(make: Any, vault: Vault, endpoint_id: int, *, timeout: float) -> bool:
+def _deliver(
+    make: Any, vault: Vault, endpoint_id: int, *, timeout: float, deadline: float = 5.0
+) -> bool:
     return webhooks.deliver(
         make.factory,
         endpoint_id,
@@ -734,6 +736,7 @@ def _deliver(make: Any, vault: Vault, endpoint_id: int, *, timeout: float) -> bo
         keyring=vault.keyring,
         clock=make.clock,
         timeout=timeout,
+        deadline=deadline,
         allow_private=True,
     )
 
@@ -774,3 +777,46 @@ def test_webhook_delivery_to_a_silent_receiver_times_out(
         assert failed.value.details == {"error": "TimeoutError"}
     finally:
         silent.close()
+
+
+def test_webhook_delivery_to_a_trickling_receiver_ends_at_its_deadline(
+    make: Any, vault: Vault, endpoint: tuple[int, HostileReceiver]
+) -> None:
+    """A receiver that sends its answer a byte at a time, each within the read timeout,
+    holds a delivery until the delivery's deadline only, not for as long as it likes."""
+    endpoint_id, _ = endpoint
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: " + b"a" * 1000:
+                if stop.wait(0.1):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        with transaction(make.factory) as db:
+            from securex.comedec.models import WebhookEndpoint
+
+            row = db.get(WebhookEndpoint, endpoint_id)
+            assert row is not None
+            row.url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+        started = time.monotonic()
+        with pytest.raises(webhooks.DeliveryFailed) as failed:
+            _deliver(make, vault, endpoint_id, timeout=0.5, deadline=1.5)
+        assert 1.4 < time.monotonic() - started < 3.0  # the trickle alone lasts 100 s
+        assert failed.value.details == {"error": "TimeoutError"}
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(5)

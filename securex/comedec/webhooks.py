@@ -16,6 +16,7 @@ so every attempt of one event carries the same `webhook-id`.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -23,6 +24,7 @@ import ipaddress
 import json
 import secrets
 import socket
+import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -46,6 +48,7 @@ PURPOSE = "webhooks"  # the platform secret keys derive from
 SECRET_PREFIX = "whsec_"  # noqa: S105 (the prefix Standard Webhooks gives secrets)
 MAX_URL = 500
 TIMEOUT = 10.0  # seconds, per connection and per read
+DEADLINE = 30.0  # seconds for a whole delivery: a receiver trickling bytes is cut off
 # Plain http only to a receiver on this machine (tests, a local relay).
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -198,7 +201,67 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-def _opener() -> urllib.request.OpenerDirector:
+class _Watch:
+    """The sockets of one delivery, shut down when its deadline passes: a blocked read
+    then returns at once, however slowly the receiver sends (the per-read timeout
+    alone lets a byte every few seconds hold a delivery for ever)."""
+
+    def __init__(self) -> None:
+        self.expired = threading.Event()
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+
+    def add(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            if self.expired.is_set():
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self.lock:
+            self.expired.set()
+            for sock in self.sockets:
+                _shut(sock)
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> Any:
+        watch = self
+
+        class Watched(base):  # type: ignore[valid-type,misc]
+            def connect(self) -> None:
+                super().connect()
+                watch.add(self.sock)
+
+        return Watched
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.watch.connection(http.client.HTTPConnection), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watch: _Watch) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            self.watch.connection(http.client.HTTPSConnection),
+            req,
+            context=self._context,  # type: ignore[attr-defined]
+        )
+
+
+def _opener(watch: _Watch) -> urllib.request.OpenerDirector:
     # HTTP and HTTPS only (no file:, ftp:, data:), whatever the stored URL says; no
     # proxy from the environment: a proxy would resolve the name itself, after the
     # address check below.
@@ -206,8 +269,8 @@ def _opener() -> urllib.request.OpenerDirector:
     for h in (
         urllib.request.ProxyHandler({}),
         urllib.request.UnknownHandler(),
-        urllib.request.HTTPHandler(),
-        urllib.request.HTTPSHandler(),
+        _HTTPHandler(watch),
+        _HTTPSHandler(watch),
         urllib.request.HTTPDefaultErrorHandler(),
         _NoRedirect(),
         urllib.request.HTTPErrorProcessor(),
@@ -250,21 +313,35 @@ def _global(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return address.is_global
 
 
-def _post(url: str, headers: Mapping[str, str], body: bytes, timeout: float) -> int:
-    """The HTTP status received; DeliveryFailed when none was."""
+def _post(
+    url: str, headers: Mapping[str, str], body: bytes, timeout: float, deadline: float
+) -> int:
+    """The HTTP status received within `deadline` seconds; DeliveryFailed when none was
+    (`TimeoutError` when a read or the whole delivery took too long)."""
     # The opener handles http: and https: only (S310's concern).
     request = urllib.request.Request(url, data=body, headers=dict(headers), method="POST")  # noqa: S310
+    watch = _Watch()
+    timer = threading.Timer(deadline, watch.expire)
+    timer.daemon = True
+    timer.start()
     try:
-        with _opener().open(request, timeout=timeout) as response:
-            return int(response.status)
+        with _opener(watch).open(request, timeout=timeout) as response:
+            status = int(response.status)
     except urllib.error.HTTPError as exc:
         exc.close()
-        return exc.code
+        status = exc.code
     except urllib.error.URLError as exc:
         cause = exc.reason if isinstance(exc.reason, BaseException) else exc
-        raise DeliveryFailed(error=type(cause).__name__) from exc
+        error = "TimeoutError" if watch.expired.is_set() else type(cause).__name__
+        raise DeliveryFailed(error=error) from exc
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        raise DeliveryFailed(error=type(exc).__name__) from exc
+        error = "TimeoutError" if watch.expired.is_set() else type(exc).__name__
+        raise DeliveryFailed(error=error) from exc
+    finally:
+        timer.cancel()
+    if watch.expired.is_set():  # what was read up to the cut is no answer
+        raise DeliveryFailed(error="TimeoutError")
+    return status
 
 
 def deliver(
@@ -277,6 +354,7 @@ def deliver(
     clock: Callable[[], datetime],
     tenant: str | None = None,
     timeout: float = TIMEOUT,
+    deadline: float = DEADLINE,
     allow_private: bool = False,
 ) -> bool:
     """POST `event` (JSON) to the endpoint, signed. True when delivered (any 2xx),
@@ -306,7 +384,7 @@ def deliver(
     try:
         if not allow_private and not _public(url):
             raise DeliveryFailed(error="NonPublicAddress")
-        status = _post(url, headers, body, timeout)
+        status = _post(url, headers, body, timeout, deadline)
         failure = None if 200 <= status < 300 else DeliveryFailed(status=status)
     except DeliveryFailed as exc:
         failure = exc
