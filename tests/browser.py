@@ -97,7 +97,10 @@ def check_accessibility(page: Page, name: str) -> None:
     html, url = page.content(), page.url
     auditor = _auditor(page.context.browser)
 
+    served: list[str] = []
+
     def serve(route: Any) -> None:
+        served.append(route.request.url)
         route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html)
 
     auditor.route(url, serve)
@@ -105,6 +108,8 @@ def check_accessibility(page: Page, name: str) -> None:
         auditor.goto(url, wait_until="load")
     finally:
         auditor.unroute(url, serve)
+    # axe checks the page the person reached, not what the server would send anew.
+    assert served == [url] and auditor.url == url, (served, auditor.url, url)
     auditor.add_script_tag(path=str(AXE))
     result = auditor.evaluate(
         "tags => axe.run(document, {runOnly: {type: 'tag', values: tags}})", WCAG

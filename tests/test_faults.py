@@ -336,12 +336,15 @@ class Chaos:
             raise Lost from exc
 
     def sure(self, method: str, path: str, **kwargs: Any) -> Answer:
-        """A request that may be sent again (reads): until the server answers."""
-        while True:
+        """A request that may be sent again (reads): until the server answers (within
+        two minutes: a server that keeps dying under one read is a failure)."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
             try:
                 return self.call(method, path, **kwargs)
             except Lost:
                 continue
+        self.fail(f"{method} {path}: no answer within 120 s")
 
     def phase(self, kind: str, work: Callable[[], None]) -> None:
         """`work` in a thread, looping until told to stop; meanwhile KILLS[kind] kills,
@@ -467,7 +470,17 @@ def test_fifty_sigkills_lose_nothing_and_do_nothing_twice(
         officers = {insee: _login(chaos, user("officer", insee), step - 1) for insee in (MDM, DAX)}
         last_step = {MDM: step - 1, DAX: step - 1}
         plis = _run_uploads(chaos, agent)
-        signed = _run_batches(chaos, engine, creds, officers, last_step, batches)
+        signed = _run_batches(
+            chaos,
+            engine,
+            creds,
+            officers,
+            last_step,
+            batches,
+            lambda: [
+                (insee, _make_acts(cli, creds, insee, ACTS_PER_BATCH)) for insee in (MDM, DAX)
+            ],
+        )
         requests = _run_issues(chaos, notary_auth)
         work = time.monotonic() - began
         _check_plis(chaos, agent, plis, user("agent", DAX))
@@ -579,9 +592,10 @@ def _run_batches(
     officers: dict[str, Browser],
     last_step: dict[str, int],
     batches: list[tuple[str, list[int]]],
+    more: Callable[[], list[tuple[str, list[int]]]],
 ) -> list[tuple[str, list[int]]]:
-    """The officiers' batches confirmed one after the other until the last kill: those
-    that were."""
+    """The officiers' batches confirmed one after the other until the last kill (`more`
+    makes further ones if a fast machine signs them all before): those that were."""
     started: list[tuple[str, list[int]]] = []
 
     def code(insee: str) -> str:
@@ -639,12 +653,13 @@ def _run_batches(
             time.sleep(0.05)
 
     def work() -> None:
-        for insee, acts in batches:
+        waiting = list(batches)
+        while not chaos.stop.is_set():
+            if not waiting:
+                waiting = more()
+            insee, acts = waiting.pop(0)
             started.append((insee, acts))
             one(insee, acts)
-            if chaos.stop.is_set():
-                return
-        chaos.fail("batch: every batch signed before the last kill")
 
     chaos.phase("batch", work)
     return started

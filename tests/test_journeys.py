@@ -633,7 +633,9 @@ def test_5_anyone_checks_the_issued_copy_at_its_qr_codes_page(
     with person(browser, served.base) as page:
         page.goto(found.group(0))
         check_accessibility(page, "document authentique")
-        assert page.get_by_role("heading", name="Document authentique délivré par securex")
+        assert page.get_by_role(
+            "heading", name="Document authentique délivré par securex"
+        ).is_visible()
         assert page.get_by_text("Signature valide").is_visible()
         screenshot(page, journey, "1-document-authentique")
         choose_file(page, page.locator("#document"), copy)

@@ -3,11 +3,14 @@ run as a background job, after which every document still opens."""
 
 from __future__ import annotations
 
+from io import BytesIO
+
 from sqlalchemy import select
 
 from securex import rotation
 from securex.audit.events import EventType
 from securex.audit.models import AuditEvent
+from securex.db import transaction
 from securex.jobs.models import Job
 from securex.jobs.service import run_pending
 from tests.conftest import csrf_token
@@ -29,10 +32,13 @@ def test_the_administrator_rotates_the_communes_key_and_documents_still_open(
     clock,
     factory,
     runtime,
+    vault,
 ):
     agent = as_user(app, world["agent"], clock)
     page(agent, URL, 403)
     page(as_user(app, world["officer"], clock), URL, 403)
+    with transaction(factory) as db:
+        document = vault.put(db, "40192", BytesIO(b"%PDF-1.7 avant la rotation"), now=clock()).id
     admin = as_user(app, world["admin"], clock)
     assert f'href="{URL}"' in page(admin, "/")
     before = page(admin, URL)
@@ -57,5 +63,7 @@ def test_the_administrator_rotates_the_communes_key_and_documents_still_open(
             select(AuditEvent).where(AuditEvent.action == EventType.VAULT_TENANT_KEY_ROTATED.value)
         ).one()
         assert event.actor.startswith("user:") and event.tenant == "40192"
-    # The act, encrypted under the old version, reads as before.
+    # A document and the act's sealed fields, encrypted under the old version, read as before.
+    with factory() as db:
+        assert vault.read_all(db, "40192", document) == b"%PDF-1.7 avant la rotation"
     assert "Dupont-Martin" in page(agent, f"/registre/actes/{world['act']}")
