@@ -44,17 +44,15 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 
 from securex.accounts import service as accounts
-from securex.accounts.models import User
-from securex.accounts.service import Actor
 from securex.db import transaction, utcnow
 from securex.exchange.models import Pli, Upload
-from securex.registry import service as registry
 from securex.vault.models import VaultObject
 from tests.conftest import csrf_token
 from tests.test_backup import Cli
+from tests.test_exchange_api import create_upload, patch
 from tests.test_exchange_views import multipart
 from tests.test_login import login
-from tests.test_registry import naissance
+from tests.test_registry import naissance, presented
 from tests.test_serve import SECUREX
 from tests.test_two_nodes import BODY, Answer, Browser, Node, _free_port
 
@@ -148,21 +146,10 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(
     # Resumable upload (tus): created (its part holds the header), then a PATCH that
     # fills the disk. The upload is cancelled: resuming it would need that room again.
     too_big = os.urandom(free + 2**20)
-    created = client.post(
-        "/api/v1/uploads", headers={**bearer, **TUS, "Upload-Length": str(len(too_big))}
-    )
+    created = create_upload(client, sender["token"], len(too_big))
     assert created.status_code == 201, created.get_json()
     location = created.headers["Location"]
-    answer = client.patch(
-        location,
-        data=too_big,
-        headers={
-            **bearer,
-            **TUS,
-            "Upload-Offset": "0",
-            "Content-Type": "application/offset+octet-stream",
-        },
-    )
+    answer = patch(client, sender["token"], location, 0, too_big)
     assert "téléversement est annulé" in _full(answer)
     assert answer.headers["Tus-Resumable"] == "1.0.0"
     nothing_left("tus")
@@ -211,20 +198,8 @@ def test_a_full_disk_gives_a_clear_error_and_leaves_nothing(
 
     # The service goes on: a file that fits is uploaded, sent, and reads back.
     content = os.urandom(300_000)
-    created = client.post(
-        "/api/v1/uploads", headers={**bearer, **TUS, "Upload-Length": str(len(content))}
-    )
-    location = created.headers["Location"]
-    answer = client.patch(
-        location,
-        data=content,
-        headers={
-            **bearer,
-            **TUS,
-            "Upload-Offset": "0",
-            "Content-Type": "application/offset+octet-stream",
-        },
-    )
+    location = create_upload(client, sender["token"], len(content)).headers["Location"]
+    answer = patch(client, sender["token"], location, 0, content)
     assert answer.status_code == 204 and answer.headers["Upload-Offset"] == str(len(content))
     answer = client.post(
         "/api/v1/sends",
@@ -400,34 +375,11 @@ def _rows(engine: Any, sql: str, **params: Any) -> list[Any]:
 
 
 def _make_acts(cli: Cli, creds: dict[str, Any], insee: str, count: int) -> list[int]:
-    """Birth acts drafted by the commune's agent and presented for signature (in this
-    process, through the service, as `securex registry` pages would)."""
+    """Birth acts drafted by the commune's agent and presented for signature."""
     agent = next(u for u in creds["users"] if u["role"] == "agent" and u["tenant"] == insee)
-    app = cli.app()
-    st = app.extensions["securex"]
     born = (utcnow() - timedelta(days=2)).date().isoformat()
-    acts = []
-    try:
-        with st.sessions() as db:
-            agent_id = db.scalar(select(User.id).where(User.email == agent["email"]))
-            actor = Actor("user", str(agent_id), insee)
-            for n in range(count):
-                content = naissance(prenoms=f"Enfant {n}", day=born)
-                act_id = registry.create_act(
-                    db,
-                    actor,
-                    insee=insee,
-                    kind="naissance",
-                    content=content,
-                    now=utcnow(),
-                    vault=st.vault,
-                )
-                registry.submit_act(db, actor, insee, act_id, now=utcnow())
-                acts.append(act_id)
-            db.commit()
-    finally:
-        st.engine.dispose()
-    return acts
+    contents = [naissance(prenoms=f"Enfant {n}", day=born) for n in range(count)]
+    return presented(cli.app(), agent["email"], insee, contents)
 
 
 def test_fifty_sigkills_lose_nothing_and_do_nothing_twice(

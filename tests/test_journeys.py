@@ -37,12 +37,8 @@ from typing import Any
 import pyotp
 import pytest
 from playwright.sync_api import Browser, Page
-from sqlalchemy import select
 
-from securex.accounts.models import User
-from securex.accounts.service import Actor
 from securex.db import utcnow
-from securex.registry import service as registry
 from tests.browser import (
     check_accessibility,
     choose_file,
@@ -58,6 +54,7 @@ from tests.browser import (
 from tests.conftest import ENGINE
 from tests.smtp import SmtpServer
 from tests.test_backup import Cli, _destroy_database
+from tests.test_registry import presented
 from tests.test_secrets_scan import _database_rows, _leaks, _variants
 from tests.test_serve import free_port
 from tests.test_two_nodes import SECUREX, Node, _securex, _stop, _wait_for
@@ -260,8 +257,11 @@ def sign_batch(
     labels: re.Pattern[str],
     shot: tuple[str, str],
 ) -> int:
-    """On the signature queue: tick each item whose label matches, confirm with a fresh
-    code, then follow the batch's page until it is done. The number ticked."""
+    """From the dashboard to the signature queue: tick each item whose label matches,
+    confirm with a fresh code, then follow the batch's page until it is done. The
+    number ticked."""
+    follow(page, page.get_by_role("link", name="Actes et documents à signer"))
+    check_accessibility(page, "file de signature")
     boxes = page.get_by_role("checkbox", name=labels).all()
     assert boxes, "nothing to sign"
     for box in boxes:
@@ -305,46 +305,18 @@ def test_the_checks_find_what_they_look_for(served: Served, browser: Browser) ->
 
 
 def _drafts(served: Served) -> list[int]:
-    """Twenty births drafted by Mont-de-Marsan's agent and presented for signature, as
-    the agent's form does (the services the views call: the app has no API to draft)."""
-    cli = served.cli()
-    app = cli.app()
-    st = app.extensions["securex"]
+    """Twenty births drafted by Mont-de-Marsan's agent and presented for signature."""
     born = (utcnow() - timedelta(days=2)).date().isoformat()
-    ids = []
-    try:
-        with st.sessions() as db:
-            agent_email = served.user("agent", MDM)["email"]
-            agent_id = db.scalar(select(User.id).where(User.email == agent_email))
-            actor = Actor("user", str(agent_id), MDM)
-            for n, prenoms in enumerate(BATCH_PRENOMS):
-                act_id = registry.create_act(
-                    db,
-                    actor,
-                    insee=MDM,
-                    kind="naissance",
-                    content={
-                        "enfant": {"nom": BATCH_NOM, "prenoms": prenoms, "sexe": "MF"[n % 2]},
-                        "naissance": {"date": born, "heure": f"{n:02d}:30", "lieu": BATCH_PLACE},
-                        "parents": [
-                            {
-                                "nom": BATCH_NOM,
-                                "prenoms": "Gwenvaël",
-                                "sexe": "M",
-                                "profession": BATCH_FATHER_JOB,
-                            },
-                            BATCH_MOTHER,
-                        ],
-                    },
-                    now=utcnow(),
-                    vault=st.vault,
-                )
-                registry.submit_act(db, actor, MDM, act_id, now=utcnow())
-                ids.append(act_id)
-            db.commit()
-    finally:
-        st.engine.dispose()
-    return ids
+    father = {"nom": BATCH_NOM, "prenoms": "Gwenvaël", "sexe": "M", "profession": BATCH_FATHER_JOB}
+    contents = [
+        {
+            "enfant": {"nom": BATCH_NOM, "prenoms": prenoms, "sexe": "MF"[n % 2]},
+            "naissance": {"date": born, "heure": f"{n:02d}:30", "lieu": BATCH_PLACE},
+            "parents": [father, BATCH_MOTHER],
+        }
+        for n, prenoms in enumerate(BATCH_PRENOMS)
+    ]
+    return presented(served.cli().app(), served.user("agent", MDM)["email"], MDM, contents)
 
 
 def test_1_an_officer_signs_twenty_acts_in_one_batch(
@@ -355,8 +327,6 @@ def test_1_an_officer_signs_twenty_acts_in_one_batch(
     journey = "1-signature"
     with person(browser, served.base) as page:
         log_in(served, page, officer, journey)
-        follow(page, page.get_by_role("link", name="Actes et documents à signer"))
-        check_accessibility(page, "file de signature")
         assert (
             sign_batch(
                 served,
@@ -437,8 +407,6 @@ def test_2_a_notarys_request_is_taken_prepared_signed_and_downloaded(
     officer = served.user("officer", DAX)
     with person(browser, served.base) as page:
         log_in(served, page, officer)
-        follow(page, page.get_by_role("link", name="Actes et documents à signer"))
-        check_accessibility(page, "file de signature")
         assert (
             sign_batch(
                 served,

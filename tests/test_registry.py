@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from securex.accounts import service as accounts
 from securex.accounts.models import User
 from securex.accounts.service import Actor
 from securex.audit.models import AuditEvent
-from securex.db import reading, transaction
+from securex.db import reading, transaction, utcnow
 from securex.errors import AuthenticationFailed, Conflict, NotFound, ValidationFailed
 from securex.jobs.models import Job
 from securex.jobs.service import run_pending
@@ -46,6 +47,36 @@ def naissance(nom: str = "Dupont-Martin", prenoms: str = "Léa Marie", day: str 
         ],
         "declarant": {"nom": "Dupont", "prenoms": "Jean"},
     }
+
+
+def presented(
+    app: Any, agent_email: str, insee: str, contents: Iterable[dict[str, Any]]
+) -> list[int]:
+    """Birth acts drafted by `agent_email` and presented for signature on `app`'s
+    database, through the services the agent's pages call (no API drafts acts); the
+    app's engine is disposed of at the end. Their ids."""
+    st = app.extensions["securex"]
+    ids = []
+    try:
+        with st.sessions() as db:
+            agent_id = db.scalar(select(User.id).where(User.email == agent_email))
+            actor = Actor("user", str(agent_id), insee)
+            for content in contents:
+                act_id = service.create_act(
+                    db,
+                    actor,
+                    insee=insee,
+                    kind="naissance",
+                    content=content,
+                    now=utcnow(),
+                    vault=st.vault,
+                )
+                service.submit_act(db, actor, insee, act_id, now=utcnow())
+                ids.append(act_id)
+            db.commit()
+    finally:
+        st.engine.dispose()
+    return ids
 
 
 def mariage(born_a: str = "Dax (Landes)", born_b: str = "Bayonne (Pyrénées-Atlantiques)"):
