@@ -55,7 +55,7 @@ from tests.test_exchange_views import multipart
 from tests.test_login import login
 from tests.test_registry import naissance, presented
 from tests.test_serve import SECUREX
-from tests.test_two_nodes import BODY, Answer, Browser, Node, _free_port
+from tests.test_two_nodes import BODY, Answer, Browser, Node, _free_port, serve
 
 DISK = 4 * 2**20  # the tmpfs holding the blobs
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -269,23 +269,7 @@ class Chaos:
 
     def start(self) -> None:
         began = time.monotonic()
-        with open(self.log, "ab") as log:
-            self.node.proc = subprocess.Popen(
-                [SECUREX, "serve", "--port", str(self.node.port), "--workers", "1"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, killed as one
-            )
-        while True:
-            try:
-                if self.node.call("GET", "/readyz").status == 200:
-                    break
-            except (OSError, http.client.HTTPException):
-                pass
-            if self.node.proc.poll() is not None or time.monotonic() - began > 60:
-                self.fail("securex serve did not start: " + self.log.read_text(errors="replace"))
-            time.sleep(0.02)
+        self.node = serve("faults", self.env, self.node.port, self.log, "--workers", "1")
         self.starts.append(time.monotonic() - began)
         self.generation += 1
         self.up.set()

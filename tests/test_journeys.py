@@ -57,7 +57,7 @@ from tests.test_backup import Cli, _destroy_database
 from tests.test_registry import presented
 from tests.test_secrets_scan import _database_rows, _leaks, _variants
 from tests.test_serve import free_port
-from tests.test_two_nodes import SECUREX, Node, _securex, _stop, _wait_for
+from tests.test_two_nodes import Node, _securex, _stop, _wait_for, serve
 
 MDM, DAX = "40192", "40088"
 
@@ -167,34 +167,6 @@ class Served:
         return _wait_for(f"e-mail n° {count} to {address}", arrived, 60)[count - 1]
 
 
-def _serve(env: dict[str, str], port: int, log: Path) -> Node:
-    """`securex serve` on `port`, its output added to `log`, once it is ready."""
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [SECUREX, "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, stopped as one
-        )
-    node = Node("journeys", port, proc)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            pytest.fail("securex serve stopped: " + log.read_text(errors="replace"))
-        try:
-            return node.call("GET", "/readyz").status == 200
-        except OSError:
-            return False
-
-    try:
-        _wait_for("securex serve ready", ready)
-    except BaseException:
-        _stop(proc)
-        raise
-    return node
-
-
 @pytest.fixture(scope="module")
 def served(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     folder = tmp_path_factory.mktemp("journeys")
@@ -217,7 +189,7 @@ def served(module_database_url: str, tmp_path_factory: pytest.TempPathFactory) -
     served = None
     try:
         _securex(env, "init", "--demo")
-        node = _serve(env, port, log)
+        node = serve("journeys", env, port, log)
         creds = json.loads((folder / "inst" / "demo-credentials.json").read_text())
         served = Served(base, node, env, folder / "inst", module_database_url, log, smtp, creds)
         yield served
@@ -552,7 +524,7 @@ def test_4_an_administrator_rotates_the_key_and_restores_a_backup(
         }
         restored = served.cli()("backup", "restore", str(backup), *ledgers, "--verifier", verifier)
         assert "journal d'audit intègre" in restored.output, restored.output
-        served.node = _serve(served.env, served.node.port, served.log)
+        served.node = serve("journeys", served.env, served.node.port, served.log)
 
         # The administrator's session outlived the attack; the rotation is still there.
         follow(page, page.get_by_role("link", name="Tableau de bord", exact=True))

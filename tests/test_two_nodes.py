@@ -176,6 +176,36 @@ def _wait_for(what: str, probe: Callable[[], Any], seconds: float = 60) -> Any:
         time.sleep(0.1)
 
 
+def serve(name: str, env: dict[str, str], port: int, log: Path, *options: str) -> Node:
+    """`securex serve` on `port`, in its own process group (stopped or killed as one),
+    its output added to `log`: the node once `/readyz` answers 200. A server that stops
+    or is not ready within 60 s fails the test with its log."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [SECUREX, "serve", "--port", str(port), *options],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    node = Node(name, port, proc)
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"securex serve ({name}) stopped: " + log.read_text(errors="replace"))
+        try:
+            return node.call("GET", "/readyz").status == 200
+        except (OSError, http.client.HTTPException):
+            return False
+
+    try:
+        _wait_for(f"securex serve ({name}) ready", ready)
+    except BaseException:
+        _stop(proc)
+        raise
+    return node
+
+
 # --- the cluster --------------------------------------------------------------------
 
 
@@ -255,7 +285,6 @@ def cluster(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     folder = tmp_path_factory.mktemp("two-nodes")
     smtp = SmtpServer().start()
     nodes: list[Node] = []
-    logs = []
     try:
         env = {
             **os.environ,
@@ -273,37 +302,11 @@ def cluster(postgres_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         out = _securex(env, "token", "add", agent["email"], "--name", "two nodes")
         token = next(word for word in out.split() if word.startswith("sxp_"))
         for name in ("A", "B"):
-            port = _free_port()
-            log = open(folder / f"node-{name}.log", "wb")  # noqa: SIM115 (closed below)
-            logs.append(log)
-            proc = subprocess.Popen(
-                [SECUREX, "serve", "--port", str(port)],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, stopped as one
-            )
-            nodes.append(Node(name, port, proc))
-        for node in nodes:
-
-            def ready(node: Node = node) -> bool:
-                if node.proc.poll() is not None:
-                    pytest.fail(
-                        f"node {node.name} stopped: "
-                        + (folder / f"node-{node.name}.log").read_text(errors="replace")
-                    )
-                try:
-                    return node.call("GET", "/readyz").status == 200
-                except OSError:
-                    return False
-
-            _wait_for(f"node {node.name} ready", ready)
+            nodes.append(serve(name, env, _free_port(), folder / f"node-{name}.log"))
         yield Cluster(nodes[0], nodes[1], creds, token, postgres_url, smtp)
     finally:
         for node in nodes:
             _stop(node.proc)
-        for log in logs:
-            log.close()
         smtp.stop()
 
 
