@@ -97,10 +97,12 @@ def check_accessibility(page: Page, name: str) -> None:
     html, url = page.content(), page.url
     auditor = _auditor(page.context.browser)
 
-    served: list[str] = []
+    served: list[str] = []  # the navigations answered with the page reached
 
     def serve(route: Any) -> None:
-        served.append(route.request.url)
+        if route.request.is_navigation_request():
+            served.append(route.request.url)
+        # (a page's own script fetching it again, job-progress.js, gets it as well)
         route.fulfill(status=200, content_type="text/html; charset=utf-8", body=html)
 
     auditor.route(url, serve)
