@@ -61,7 +61,12 @@ class KeyStatus:
     version: int
     master_key_id: str
     objects: int
-    retired: bool
+    created_at: datetime
+    retired_at: datetime | None
+
+    @property
+    def retired(self) -> bool:
+        return self.retired_at is not None
 
 
 class Keyring:
@@ -378,20 +383,27 @@ class Keyring:
             assert row is not None
             self._master(master_key_id).unwrap(row.wrapped, tenant_context(row.tenant, row.version))
 
-    def status(self, db: Session) -> list[KeyStatus]:
-        rows = db.execute(
+    def status(self, db: Session, tenant: str | None = None) -> list[KeyStatus]:
+        """Every key version (of `tenant` only, if given), oldest first, with the number
+        of objects each still wraps."""
+        counted = (
             select(VaultObject.tenant, VaultObject.key_version, func.count())
             .where(VaultObject.wrapped_key.is_not(None))
             .group_by(VaultObject.tenant, VaultObject.key_version)
         )
-        counts = {(tenant, version): int(n) for tenant, version, n in rows}
+        versions = select(TenantKey).order_by(TenantKey.tenant, TenantKey.version)
+        if tenant is not None:
+            counted = counted.where(VaultObject.tenant == tenant)
+            versions = versions.where(TenantKey.tenant == tenant)
+        counts = {(t, version): int(n) for t, version, n in db.execute(counted)}
         return [
             KeyStatus(
                 row.tenant,
                 row.version,
                 row.master_key_id,
                 counts.get((row.tenant, row.version), 0),
-                row.retired_at is not None,
+                row.created_at,
+                row.retired_at,
             )
-            for row in db.scalars(select(TenantKey).order_by(TenantKey.tenant, TenantKey.version))
+            for row in db.scalars(versions)
         ]

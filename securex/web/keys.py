@@ -7,13 +7,11 @@ from typing import Any
 
 from flask import Blueprint, flash, redirect, render_template, url_for
 from flask_wtf import FlaskForm
-from sqlalchemy import func, select
 
 from securex import rotation
 from securex.errors import Conflict
-from securex.vault.models import TenantKey, VaultObject
 from securex.web import roles
-from securex.web.context import db, now
+from securex.web.context import db, now, state
 
 bp = Blueprint("keys", __name__)
 
@@ -36,21 +34,10 @@ def tenant_key() -> Any:
                 "success",
             )
         return redirect(url_for(".tenant_key"), 303)
-    counts = {
-        version: int(n)
-        for version, n in db().execute(
-            select(VaultObject.key_version, func.count())
-            .where(VaultObject.tenant == tenant.insee, VaultObject.wrapped_key.is_not(None))
-            .group_by(VaultObject.key_version)
-        )
-    }
-    versions = db().scalars(
-        select(TenantKey).where(TenantKey.tenant == tenant.insee).order_by(TenantKey.version.desc())
-    )
     return render_template(
         "keys/tenant.html",
         form=form,
-        versions=[(v, counts.get(v.version, 0)) for v in versions],
+        versions=state().vault.keyring.status(db(), tenant.insee)[::-1],  # newest first
         running=rotation.running(db(), tenant),
         last=rotation.last(db(), tenant),
     )
