@@ -23,12 +23,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from securex.accounts.service import Actor
-from securex.cli import main
 from securex.comedec import webhooks
 from securex.db import transaction
 from securex.errors import ValidationFailed
@@ -44,6 +42,7 @@ from securex.vault.stream import (
     read_header,
 )
 from tests.pdfs import one_page_pdf
+from tests.test_registry_import import cli  # noqa: F401 (the fixture)
 from tests.test_signing import setup_for
 
 T = TypeVar("T")
@@ -502,30 +501,17 @@ def test_json_import_reports_in_french(importer: Any, data: bytes) -> None:
     importer("registre.json", data)
 
 
-@pytest.fixture
-def cli(tmp_path: Path, database_url: str) -> Any:
-    env = {
-        "SECUREX_INSTANCE": str(tmp_path / "inst"),
-        "SECUREX_DATABASE_URL": database_url,
-        "SECUREX_CONFIG": "",
-    }
-
-    def invoke(*args: str) -> Any:
-        return timed(lambda: CliRunner().invoke(main, list(args), env=env))
-
-    assert invoke("init").exit_code == 0
-    assert invoke("tenant", "add", MDM, "Mont-de-Marsan").exit_code == 0
-    return invoke
-
-
 @fuzz(40)
 @given(data=st.one_of(csv_files(), json_files()), suffix=st.sampled_from([".csv", ".json"]))
 def test_import_command_never_shows_a_traceback(
-    cli: Any, tmp_path: Path, data: bytes, suffix: str
+    cli: Any,  # noqa: F811 (the fixture imported above)
+    tmp_path: Path,
+    data: bytes,
+    suffix: str,
 ) -> None:
     path = tmp_path / f"registre{suffix}"
     path.write_bytes(data)
-    result = cli("registry", "import", str(path), "--commune", MDM, "--dry-run")
+    result = timed(lambda: cli("registry", "import", str(path), "--commune", MDM, "--dry-run"))
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "Traceback" not in result.output
     assert CANARY not in result.output
