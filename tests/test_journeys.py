@@ -263,6 +263,40 @@ def verify_pdf(served: Served, path: Path) -> str:
 # --- the journeys ---------------------------------------------------------------------
 
 
+def signed_act(page: Page, prenoms: str, pdf: Path) -> None:
+    """From the dashboard: find the act of journey 1 given its `prenoms` in the
+    register, open it and download its signed PDF into `pdf`."""
+    follow(page, page.get_by_role("link", name="Rechercher un acte, projets en cours"))
+    check_accessibility(page, "registre")
+    type_into(page, page.get_by_label("Nom (obligatoire)"), BATCH_NOM)
+    type_into(page, page.get_by_label("Prénoms (obligatoires)"), prenoms)
+    follow(page, page.get_by_role("button", name="Rechercher"))
+    check_accessibility(page, "résultat de recherche")
+    follow(page, page.get_by_role("link", name=re.compile(prenoms)))
+    check_accessibility(page, "acte signé")
+    download(page, page.get_by_role("link", name="Télécharger l'acte signé (PDF)")).save_as(pdf)
+
+
+def open_pli(served: Served, page: Page, link: str, mail: int, journey: str = "") -> bytes:
+    """The pli's recipient at `link` asks for a code, types the one the `mail`-th
+    e-mail to them gives, opens the pli and downloads its file: the bytes."""
+    page.goto(link)
+    check_accessibility(page, "pli reçu, avant le code")
+    follow(page, page.get_by_role("button", name="Recevoir un code par e-mail"))
+    check_accessibility(page, "pli reçu, saisie du code")
+    code = re.search(r"\b(\d{3}) ?(\d{3})\b", served.mail_to(PLI_RECIPIENT, mail).text)
+    assert code
+    type_into(page, page.locator("#code"), code.group(1) + code.group(2))
+    if journey:
+        screenshot(page, journey, "2-code")
+    follow(page, page.get_by_role("button", name="Ouvrir le pli"))
+    check_accessibility(page, "pli ouvert")
+    assert page.get_by_role("heading", name=PLI_SUBJECT).is_visible()
+    if journey:
+        screenshot(page, journey, "3-pli-ouvert")
+    return Path(download(page, page.get_by_role("link", name=PLI_FILE_NAME)).path()).read_bytes()
+
+
 def test_the_checks_find_what_they_look_for(served: Served, browser: Browser) -> None:
     """A check that finds nothing proves nothing: a field stripped of its label fails
     axe, and a control whose focus is made invisible fails the keyboard check."""
@@ -314,16 +348,8 @@ def test_1_an_officer_signs_twenty_acts_in_one_batch(
 
         # The register: search one of them, open it, download its signed PDF.
         follow(page, page.get_by_role("link", name="Tableau de bord"))
-        follow(page, page.get_by_role("link", name="Rechercher un acte, projets en cours"))
-        check_accessibility(page, "registre")
-        type_into(page, page.get_by_label("Nom (obligatoire)"), BATCH_NOM)
-        type_into(page, page.get_by_label("Prénoms (obligatoires)"), BATCH_PRENOMS[7])
-        follow(page, page.get_by_role("button", name="Rechercher"))
-        check_accessibility(page, "résultat de recherche")
-        follow(page, page.get_by_role("link", name=re.compile(BATCH_PRENOMS[7])))
-        check_accessibility(page, "acte signé")
         pdf = tmp_path / "acte.pdf"
-        download(page, page.get_by_role("link", name="Télécharger l'acte signé (PDF)")).save_as(pdf)
+        signed_act(page, BATCH_PRENOMS[7], pdf)
         assert pdf.read_bytes().startswith(b"%PDF")
 
         # The public verification page, reached from the foot of the page.
@@ -434,21 +460,7 @@ def test_3_a_pli_is_sent_opened_with_a_code_and_downloaded(
         assert link, notice.text
         served.kept["pli"] = (link.group(0), content)
         with person(browser, served.base) as recipient:
-            recipient.goto(link.group(0))
-            check_accessibility(recipient, "pli reçu, avant le code")
-            follow(recipient, recipient.get_by_role("button", name="Recevoir un code par e-mail"))
-            check_accessibility(recipient, "pli reçu, saisie du code")
-            code = re.search(r"\b(\d{3}) ?(\d{3})\b", served.mail_to(PLI_RECIPIENT, 2).text)
-            assert code
-            type_into(recipient, recipient.locator("#code"), code.group(1) + code.group(2))
-            screenshot(recipient, journey, "2-code")
-            follow(recipient, recipient.get_by_role("button", name="Ouvrir le pli"))
-            check_accessibility(recipient, "pli ouvert")
-            assert recipient.get_by_role("heading", name=PLI_SUBJECT).is_visible()
-            screenshot(recipient, journey, "3-pli-ouvert")
-            got = tmp_path / "received"
-            download(recipient, recipient.get_by_role("link", name=PLI_FILE_NAME)).save_as(got)
-            assert got.read_bytes() == content
+            assert open_pli(served, recipient, link.group(0), 2, journey) == content
 
         def receipt() -> list[str]:
             """Notifié, Ouvert, Code vérifié, Tout téléchargé: each a date, once the
@@ -536,25 +548,11 @@ def test_4_an_administrator_rotates_the_key_and_restores_a_backup(
     # a signed act for the commune's agent.
     link, content = served.kept["pli"]
     with person(browser, served.base) as page:
-        page.goto(link)
-        follow(page, page.get_by_role("button", name="Recevoir un code par e-mail"))
-        code = re.search(r"\b(\d{3}) ?(\d{3})\b", served.mail_to(PLI_RECIPIENT, 3).text)
-        assert code
-        type_into(page, page.locator("#code"), code.group(1) + code.group(2))
-        follow(page, page.get_by_role("button", name="Ouvrir le pli"))
-        check_accessibility(page, "pli ouvert après restauration")
-        got = tmp_path / "fichier"
-        download(page, page.get_by_role("link", name=PLI_FILE_NAME)).save_as(got)
-        assert got.read_bytes() == content
+        assert open_pli(served, page, link, 3) == content
+    pdf = tmp_path / "acte.pdf"
     with person(browser, served.base) as page:
         log_in(served, page, served.user("agent", MDM))
-        follow(page, page.get_by_role("link", name="Rechercher un acte, projets en cours"))
-        type_into(page, page.get_by_label("Nom (obligatoire)"), BATCH_NOM)
-        type_into(page, page.get_by_label("Prénoms (obligatoires)"), BATCH_PRENOMS[3])
-        follow(page, page.get_by_role("button", name="Rechercher"))
-        follow(page, page.get_by_role("link", name=re.compile(BATCH_PRENOMS[3])))
-        pdf = tmp_path / "acte.pdf"
-        download(page, page.get_by_role("link", name="Télécharger l'acte signé (PDF)")).save_as(pdf)
+        signed_act(page, BATCH_PRENOMS[3], pdf)
     assert "VALIDE" in verify_pdf(served, pdf)
 
 
