@@ -343,8 +343,10 @@ class Chaos:
             self.fail(f"{kind}: the work ended after {len(self.points[kind])} kills")
 
 
-def _login(chaos: Chaos, user: dict[str, str], step: int) -> Browser:
-    """A session of `user`, its second factor the code of TOTP step `step`."""
+def _login(chaos: Chaos, user: dict[str, str], behind: int = 0) -> tuple[Browser, int]:
+    """A session of `user`, its second factor the code of the TOTP step `behind` steps
+    before the current one, read just before the code is sent (the password's check
+    may take a step boundary with it): the session and that step."""
     browser = Browser("127.0.0.1")
     page = chaos.sure("GET", "/login", browser=browser)
     form = [("csrf_token", csrf_token(page.text)), ("email", user["email"])]
@@ -353,11 +355,12 @@ def _login(chaos: Chaos, user: dict[str, str], step: int) -> Browser:
     )
     assert answer.status == 302, answer.text
     page = chaos.sure("GET", "/login/totp", browser=browser)
+    step = int(time.time()) // 30 - behind
     code = pyotp.TOTP(user["totp_secret"]).at(step * 30)
     form = [("csrf_token", csrf_token(page.text)), ("code", code)]
     answer = chaos.call("POST", "/login/totp", browser=browser, form=form)
     assert answer.status == 302, answer.text
-    return browser
+    return browser, step
 
 
 def _rows(engine: Any, sql: str, **params: Any) -> list[Any]:
@@ -409,9 +412,9 @@ def test_sigkills_at_random_moments_lose_nothing_and_do_nothing_twice(
     try:
         # Sessions first (no kill yet): each officier's login takes TOTP step now - 1,
         # so that two batches can be confirmed at once (now, now + 1) without waiting.
-        step = int(time.time()) // 30
-        officers = {insee: _login(chaos, user("officer", insee), step - 1) for insee in (MDM, DAX)}
-        last_step = {MDM: step - 1, DAX: step - 1}
+        sessions = {insee: _login(chaos, user("officer", insee), behind=1) for insee in (MDM, DAX)}
+        officers = {insee: browser for insee, (browser, _) in sessions.items()}
+        last_step = {insee: step for insee, (_, step) in sessions.items()}
         plis = _run_uploads(chaos, agent)
         signed = _run_batches(
             chaos,
@@ -677,7 +680,7 @@ def _check_plis(
     """Each pli prepared (its job resumed), its file's checksum right, and the file
     downloaded by its recipient byte for byte."""
     assert plis, "no pli sent"
-    browser = _login(chaos, reader, int(time.time()) // 30)
+    browser, _ = _login(chaos, reader)
     for pli_id, content in plis:
         deadline = time.monotonic() + 60
         while True:
